@@ -1,0 +1,59 @@
+"""The vLLM scheduler and KV-cache limits that shape continuous batching.
+
+Field names follow vLLM's ``SchedulerConfig`` and ``CacheConfig``; ``num_kv_blocks`` is vLLM's
+``cache_config.num_gpu_blocks`` (it counts CPU blocks on the CPU engine).
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from samullm_lc.errors import ConfigError
+
+
+class SchedulerConfig(BaseModel):
+    """Limits of one engine: batch size, token budget per step, KV-cache blocks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_num_seqs: int = Field(256, gt=0, description="Most sequences running at once.")
+    max_num_batched_tokens: int = Field(8192, gt=0, description="Token budget of one step.")
+    block_size: int = Field(16, gt=0, description="Tokens per KV-cache block.")
+    num_kv_blocks: int = Field(gt=0, description="KV-cache blocks of the engine (vLLM's num_gpu_blocks).")
+    max_model_len: int = Field(gt=0, description="Longest sequence, prompt plus output, tokens.")
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = Field(0, ge=0, description="Cap on one prefill chunk; 0 = none.")
+    watermark: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of blocks kept free when admitting.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerConfig:
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(
+                f"max_num_batched_tokens={self.max_num_batched_tokens} < max_model_len={self.max_model_len} "
+                "without chunked prefill: long prompts could never be scheduled. Enable chunked prefill or "
+                "raise max_num_batched_tokens."
+            )
+        return self
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_kv_blocks * self.block_size
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks that ``num_tokens`` tokens of one sequence occupy."""
+        return math.ceil(num_tokens / self.block_size)
+
+    @classmethod
+    def for_kv_memory(
+        cls, kv_cache_bytes: float, kv_bytes_per_token: float, *, block_size: int = 16, **limits: object
+    ) -> SchedulerConfig:
+        """Build a config whose block count fills ``kv_cache_bytes`` of KV-cache memory."""
+        num_blocks = int(kv_cache_bytes // (kv_bytes_per_token * block_size))
+        if num_blocks <= 0:
+            raise ConfigError(
+                f"no room for the KV cache: {kv_cache_bytes / 2**20:.1f} MiB left for "
+                f"{kv_bytes_per_token * block_size / 2**20:.3f} MiB blocks; give the model more memory or GPUs"
+            )
+        return cls(num_kv_blocks=num_blocks, block_size=block_size, **limits)

@@ -1,0 +1,142 @@
+"""vLLM v1 scheduling behaviours of the simulator, on small cases computed by hand."""
+
+import numpy as np
+import pytest
+
+from samullm_lc.costmodel.latency.linear import LinearLatencyModel
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, simulate
+from samullm_lc.errors import ConfigError
+
+# One second per step plus 0.1 s per prefill token: step times are easy to add up by hand.
+STEP = LinearLatencyModel(intercept_seconds=1.0, coefficients={"prefill_tokens": 0.1})
+
+
+def config(**overrides):
+    values = dict(num_kv_blocks=1000, block_size=16, max_model_len=512, max_num_seqs=256, max_num_batched_tokens=512)
+    values.update(overrides)
+    return SchedulerConfig(**values)
+
+
+def test_token_budget_chunks_a_prefill_and_admits_the_next_request():
+    # Budget 8: step 1 = r0 (5) + first 3 tokens of r1; step 2 = r1's last 2 + r2 (5).
+    result = simulate(config(max_num_batched_tokens=8, max_model_len=8), STEP, [5, 5, 5], [1, 1, 1], record_trace=True)
+    assert result.trace["prefill_tokens"].tolist() == [8, 7]
+    assert result.finish_seconds == pytest.approx([1.8, 3.5, 3.5])
+    assert result.total_seconds == pytest.approx(3.5)
+
+
+def test_without_chunked_prefill_a_prompt_that_does_not_fit_the_budget_waits():
+    cfg = config(max_num_batched_tokens=8, max_model_len=8, enable_chunked_prefill=False)
+    result = simulate(cfg, STEP, [5, 5], [1, 1], record_trace=True)
+    assert result.trace["prefill_tokens"].tolist() == [5, 5]
+    assert result.num_steps == 2
+
+
+def test_decode_steps_follow_prefill_and_first_token_comes_with_prefill():
+    result = simulate(config(), STEP, [10], [3], record_trace=True)
+    assert result.num_steps == 3
+    assert result.first_token_seconds[0] == pytest.approx(2.0)
+    assert result.total_seconds == pytest.approx(4.0)
+    assert result.output_tokens.tolist() == [3]
+
+
+def test_preemption_by_recompute_when_blocks_run_out():
+    # 4 blocks of 2 tokens; two requests of prompt 2 and output 4 each need 3 blocks at the end.
+    # Steps 1-3 run both; at step 4 r0 needs a third block, r1 (the tail) is preempted, r0 finishes;
+    # step 5 recomputes r1's 5 tokens (prompt + 3 generated) and samples its last token.
+    cfg = config(num_kv_blocks=4, block_size=2, max_model_len=8, max_num_batched_tokens=8)
+    result = simulate(cfg, STEP, [2, 2], [4, 4], record_trace=True)
+    assert result.num_preemptions == 1
+    per_step = np.repeat(result.trace["prefill_tokens"], result.trace["num_steps"].astype(int))
+    assert per_step.tolist() == [4, 0, 0, 0, 5]
+    assert result.finish_seconds == pytest.approx([4.4, 5.9])
+    assert result.output_tokens.tolist() == [4, 4]
+
+
+def test_max_num_seqs_bounds_the_running_batch():
+    result = simulate(config(max_num_seqs=1), STEP, [4, 4], [2, 2])
+    # r0: prefill (1.4) + decode (1); then r1 the same.
+    assert result.finish_seconds == pytest.approx([2.4, 4.8])
+
+
+def test_requests_arriving_later_start_when_they_arrive():
+    result = simulate(config(), STEP, [4, 4], [2, 2], arrival_seconds=[0.0, 10.0])
+    assert result.finish_seconds == pytest.approx([2.4, 12.4])
+
+
+def test_a_request_arriving_mid_run_joins_the_running_batch():
+    result = simulate(config(), STEP, [4, 4], [5, 2], arrival_seconds=[0.0, 2.0], record_trace=True)
+    # r0: prefill ends 1.4, decode ends 2.4 (r1 not yet visible at 1.4); r1 is admitted at 2.4.
+    assert result.trace["start_seconds"][2] == pytest.approx(2.4)
+    assert result.trace["prefill_tokens"][2] == 4
+    assert result.finish_seconds[1] == pytest.approx(2.4 + 1.4 + 1.0)
+
+
+def test_per_request_admission_cost_is_charged_on_arrival():
+    latency = LinearLatencyModel(intercept_seconds=1.0, coefficients={}, per_request_seconds=0.5)
+    result = simulate(config(), latency, [4, 4], [1, 1])
+    assert result.total_seconds == pytest.approx(2.0)
+
+
+def test_sequences_stop_at_max_model_len():
+    result = simulate(config(max_model_len=16), STEP, [10], [100])
+    assert result.output_tokens.tolist() == [6]
+
+
+class _NoFastForward(ContinuousBatchingSimulator):
+    def _can_fast_forward(self) -> bool:
+        return False
+
+
+def _random_workload(seed, n=300):
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 400, n), rng.geometric(1 / 60, n).clip(1, 300), np.sort(rng.uniform(0, 30, n))
+
+
+@pytest.mark.parametrize("num_kv_blocks", [60, 400, 5000])
+def test_fast_forward_gives_the_same_schedule_as_stepping(num_kv_blocks):
+    latency = LinearLatencyModel(
+        intercept_seconds=0.01,
+        coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3, "decode_context_tokens": 1e-6,
+                      "prefill_attention_pairs": 1e-8},
+    )
+    cfg = config(num_kv_blocks=num_kv_blocks, block_size=16, max_model_len=1024, max_num_seqs=32,
+                 max_num_batched_tokens=256)
+    inputs, outputs, arrivals = _random_workload(num_kv_blocks)
+    results = []
+    for cls in (ContinuousBatchingSimulator, _NoFastForward):
+        sim = cls(cfg, latency)
+        sim.add_requests(inputs, outputs, arrivals)
+        results.append(sim.run())
+    fast, slow = results
+    assert fast.num_steps == slow.num_steps
+    assert fast.num_preemptions == slow.num_preemptions
+    np.testing.assert_allclose(fast.finish_seconds, slow.finish_seconds, rtol=1e-9)
+    assert (fast.output_tokens == np.minimum(outputs, 1024 - inputs)).all()
+
+
+def test_run_until_then_resume_matches_one_run():
+    latency = LinearLatencyModel(intercept_seconds=0.01, coefficients={"decode_seqs": 1e-3, "prefill_tokens": 1e-4})
+    cfg = config(num_kv_blocks=200, max_model_len=1024, max_num_seqs=16, max_num_batched_tokens=256)
+    inputs, outputs, arrivals = _random_workload(7)
+    whole = simulate(cfg, latency, inputs, outputs, arrivals)
+    sim = ContinuousBatchingSimulator(cfg, latency)
+    sim.add_requests(inputs, outputs, arrivals)
+    cut = whole.total_seconds / 3
+    partial = sim.run(until=cut)
+    assert not partial.finished
+    assert cut - 0.5 < partial.now_seconds <= cut
+    finished_by_cut = whole.finish_seconds <= cut
+    assert (~np.isnan(partial.finish_seconds) == finished_by_cut).all()
+    resumed = sim.run()
+    np.testing.assert_allclose(resumed.finish_seconds, whole.finish_seconds, rtol=1e-9)
+
+
+def test_bad_requests_get_clear_errors():
+    with pytest.raises(ConfigError, match="max_model_len"):
+        simulate(config(max_model_len=16), STEP, [16], [1])
+    with pytest.raises(ConfigError, match="KV blocks"):
+        simulate(config(num_kv_blocks=2, block_size=4, max_model_len=64), STEP, [10], [10])
+    with pytest.raises(ConfigError, match="at least 1"):
+        simulate(config(), STEP, [0], [3])
