@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from samullm_lc.cli.plan_command import plan
 from samullm_lc.errors import SamullmError
 
 app = typer.Typer(
@@ -151,6 +152,8 @@ def demo(
                       f"{row.predicted_seconds:.2f}", f"{row.relative_error:+.1%}")
     Console().print(table)
 
+
+app.command("plan")(plan)
 
 if __name__ == "__main__":
     app()

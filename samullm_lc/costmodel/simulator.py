@@ -13,8 +13,22 @@ The scheduling semantics follow vLLM v1 (``vllm/v1/core/sched/scheduler.py``), r
 - a request whose computed tokens reach its length samples one token at the end of the step; it finishes
   when its output reaches its target length (the sampled output length) and frees its blocks.
 
-Decode-only stretches in which no request can finish, arrive or be admitted are fast-forwarded: their
-step times are priced as one numpy array, so a 100,000-request set simulates in seconds.
+The running requests live in one of two representations, with the same schedule either way:
+
+- the *general* one, a dense slot matrix in vLLM's running order, planned with numpy; it serves any state,
+  in particular requests whose prefill is split over several steps;
+- the *decode mode*, used whenever every running request decodes (the steady state of a large request
+  set). A decoding request gains one computed token per step, so it is stored as ``computed - step``, a
+  constant: a step changes no per-request state, a min-heap names the requests that finish, counts of
+  offsets modulo the block size give the KV blocks a step allocates, and the scheduling is plain Python
+  on scalars. Admitting a request whose prompt gets only a chunk switches back to the general form.
+
+Decode-only stretches in which no request can finish, arrive or be admitted are fast-forwarded as one
+unit. Steps are priced as they are scheduled only while the clock matters (requests still to arrive, or
+``run(until=...)``); otherwise nothing in the schedule depends on time, so steps are recorded unpriced and
+priced together in one vectorised latency-model call when the run ends. Finish and first-token times are
+kept as step numbers and read from the table of step end times.
+
 The simulator is resumable: ``run(until=t)`` stops at the last step that ends by ``t`` and a later
 ``run()`` continues from there, which is how the planner advances a model by t seconds.
 """
@@ -83,11 +97,177 @@ class _StepPlan:
     num_admitted: int = 0
 
 
+class _StepTimes:
+    """End time of every step, and the steps scheduled while the clock did not matter, awaiting pricing.
+
+    ``_ends[s]`` is when step ``s`` ended (``_ends[0]`` is ``nan``: "never"). An unpriced row is
+    ``(steps, prefill_tokens, prefill_seqs, decode_seqs, decode_context, prefill_attention_pairs)`` for a
+    run of ``steps`` steps whose decode context grows by ``decode_seqs`` per step.
+    """
+
+    def __init__(self) -> None:
+        self._ends = np.full(1024, np.nan)
+        self.priced = 0  # steps whose end time is known
+        self.unpriced: list[tuple[int, int, int, int, int, float]] = []
+
+    def record(self, end: float) -> None:
+        """Append the end time of one step."""
+        if self.priced + 1 >= self._ends.size:
+            self._grow(self.priced + 2)
+        self.priced += 1
+        self._ends[self.priced] = end
+
+    def record_many(self, ends: np.ndarray) -> None:
+        """Append the end times of consecutive steps."""
+        self._grow(self.priced + 1 + ends.size)
+        self._ends[self.priced + 1 : self.priced + 1 + ends.size] = ends
+        self.priced += ends.size
+
+    def defer(self, row: tuple[int, int, int, int, int, float]) -> None:
+        """Queue a run of steps for pricing later."""
+        self.unpriced.append(row)
+
+    def at(self, steps: np.ndarray) -> np.ndarray:
+        """End times of the given step numbers (``nan`` for step 0)."""
+        return self._ends[steps]
+
+    def price_unpriced(self, latency: IterationLatencyModel, now: float) -> float:
+        """Price the unpriced steps in one latency-model call; returns the end of the last one."""
+        if not self.unpriced:
+            return now
+        rows = np.array(self.unpriced, dtype=np.float64)
+        self.unpriced = []
+        counts = rows[:, 0].astype(np.int64)
+        if counts.max() > 1:
+            within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            rows = np.repeat(rows, counts, axis=0)
+            rows[:, 4] += rows[:, 3] * within
+        integer = rows[:, 1:4].astype(np.int64)
+        seconds = latency.step_seconds(integer[:, 0], integer[:, 1], integer[:, 2], rows[:, 4], rows[:, 5])
+        seconds = np.broadcast_to(np.asarray(seconds, dtype=np.float64), (rows.shape[0],))
+        ends = np.cumsum(np.concatenate(([now], seconds)))[1:]  # sequential sums, as stepping one by one
+        self.record_many(ends)
+        return float(ends[-1])
+
+    def _grow(self, size: int) -> None:
+        """Make room for ``size`` entries."""
+        if size > self._ends.size:
+            grown = np.full(max(size, 2 * self._ends.size), np.nan)
+            grown[: self._ends.size] = self._ends
+            self._ends = grown
+
+
+class _DecodeBatch:
+    """Running requests that all decode, in running order, stored as ``computed - step`` (constant).
+
+    With that offset ``c`` a request has ``c + step`` computed tokens and ``c + step + 1`` tokens after
+    ``step`` steps, so it finishes after step ``end_tokens - c - 1`` and needs a new KV block in the step
+    after ``step`` exactly when ``(c + step) % block_size == 0``.
+    """
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.offsets: dict[int, int] = {}  # request id -> computed - step, in running order
+        self.residues = [0] * block_size  # how many offsets have each value modulo block_size
+        self.offset_sum = 0
+        self._finishing: list[tuple[int, int, int]] = []  # heap of (finishing step, id, offset); stale kept
+        self.first_tokens_due: list[int] = []  # ids whose next step computes the prompt's last token
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add(self, request: int, offset: int, end_tokens: int) -> None:
+        """Append a decoding request to the running order."""
+        self.offsets[request] = offset
+        self.residues[offset % self.block_size] += 1
+        self.offset_sum += offset
+        heapq.heappush(self._finishing, (end_tokens - offset - 1, request, offset))
+
+    def remove(self, request: int) -> int:
+        """Take a request out of the batch; returns its offset."""
+        offset = self.offsets.pop(request)
+        self.residues[offset % self.block_size] -= 1
+        self.offset_sum -= offset
+        return offset
+
+    def context(self, step: int) -> int:
+        """Computed tokens of all requests after ``step`` steps."""
+        return self.offset_sum + len(self.offsets) * step
+
+    def blocks(self, offset: int, step: int) -> int:
+        """KV blocks a request with this offset holds after ``step`` steps."""
+        return -(-(offset + step) // self.block_size)
+
+    def next_finish(self) -> int:
+        """The step after which the next request finishes."""
+        heap = self._finishing
+        while self.offsets.get(heap[0][1]) != heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    def pop_finished(self, step: int) -> list[tuple[int, int]]:
+        """Remove and return ``(id, offset)`` of the requests that finish after ``step`` steps."""
+        heap, finished = self._finishing, []
+        while heap and heap[0][0] <= step:
+            _, request, offset = heapq.heappop(heap)
+            if self.offsets.get(request) == offset:
+                self.remove(request)
+                finished.append((request, offset))
+        return finished
+
+    def blocks_for_steps(self, step: int, steps: int) -> int:
+        """KV blocks the ``steps`` steps after ``step`` allocate."""
+        full, part = divmod(steps, self.block_size)
+        first = -step % self.block_size  # residue needing a block in the first step; it falls by 1 per step
+        if part <= first + 1:
+            partial = sum(self.residues[first - part + 1 : first + 1])
+        else:
+            partial = sum(self.residues[: first + 1]) + sum(self.residues[first - part + 1 :])
+        return full * len(self.offsets) + partial
+
+    def steps_blocks_allow(self, step: int, steps: int, free: int) -> int:
+        """Largest k <= steps such that the k steps after ``step`` fit in ``free`` blocks."""
+        if self.blocks_for_steps(step, steps) <= free:
+            return steps
+        periods, left = divmod(free, len(self.offsets))  # every request needs one block per block_size steps
+        k = periods * self.block_size
+        residue = -step % self.block_size
+        while left >= self.residues[residue]:
+            left -= self.residues[residue]
+            k += 1
+            residue = (residue - 1) % self.block_size
+        return min(k, steps)
+
+    def plan_preemption(self, step: int, free: int) -> tuple[list[tuple[int, int]], int]:
+        """vLLM's running loop when the next step's blocks exceed ``free``: preempt from the tail.
+
+        Walking the running list, each request needing a block takes a free one; when none is free the tail
+        request is preempted, until the walk reaches the tail (the request then preempted itself). Only the
+        counts of requests needing a block matter, so the walk takes them in bulk and touches only victims.
+        Returns the victims as ``(id, offset)`` in preemption order and the blocks free after the step.
+        """
+        residue = -step % self.block_size
+        pending = self.residues[residue]  # requests needing a block that neither got one nor were preempted
+        tail = reversed(self.offsets.items())
+        victims: list[tuple[int, int]] = []
+        while pending:
+            taken = min(free, pending)
+            free -= taken
+            pending -= taken
+            while pending and free < 1:
+                request, offset = next(tail)
+                victims.append((request, offset))
+                free += self.blocks(offset, step)
+                if offset % self.block_size == residue:
+                    pending -= 1
+        return victims, free
+
+
 class ContinuousBatchingSimulator:
     """A resumable simulation of one vLLM engine serving requests that may arrive over time.
 
-    Requests not running live in per-request arrays; running ones live in a dense slot matrix kept in
-    vLLM's running order, so a step touches only contiguous arrays of at most ``max_num_seqs`` columns.
+    Requests not running live in per-request arrays; running ones live either in a dense slot matrix kept
+    in vLLM's running order (general form) or, while all of them decode, in a ``_DecodeBatch``.
     """
 
     def __init__(self, config: SchedulerConfig, latency: IterationLatencyModel, *, record_trace: bool = False):
@@ -101,14 +281,19 @@ class ContinuousBatchingSimulator:
         self._prompt = np.zeros(0, np.int64)
         self._end_tokens = np.zeros(0, np.int64)  # prompt + target output: the length at which it finishes
         self._num_tokens = np.zeros(0, np.int64)  # prompt + generated, for requests not running
-        self._finish = np.zeros(0, np.float64)
-        self._first_token = np.zeros(0, np.float64)
+        self._finish_step = np.zeros(0, np.int64)  # step after which it finished; 0: not yet
+        self._first_token_step = np.zeros(0, np.int64)
         self._slots = np.zeros((6, 0), np.int64)
+        self._batch: _DecodeBatch | None = None  # the running requests while in decode mode
         self._waiting: deque[int] = deque()
         self._pending: list[tuple[float, int]] = []  # heap of (arrival seconds, id) not yet arrived
-        self._free_blocks = config.num_kv_blocks
+        self._free_blocks = config.usable_kv_blocks
         self._watermark_blocks = int(config.watermark * config.num_kv_blocks)
-        self._trace: list[tuple[float, float, int, int, int, int, int]] = []
+        self._times = _StepTimes()
+        self._clocked = True  # whether steps are priced as they are scheduled
+        # Rows of [start, seconds, first step, steps, prefill tokens, decode seqs, running, waiting];
+        # start and seconds are nan until the steps are priced.
+        self._trace: list[list[float]] = []
 
     # ---- input -------------------------------------------------------------------------------------
     def add_requests(
@@ -133,18 +318,19 @@ class ContinuousBatchingSimulator:
             )
         np.minimum(target, cfg.max_model_len - prompt, out=target)  # vLLM stops a sequence at max_model_len
         longest = int((prompt + target).max(initial=0))
-        if cfg.blocks_for(longest) > cfg.num_kv_blocks:
+        if cfg.blocks_for(longest) > cfg.usable_kv_blocks:
             raise ConfigError(
-                f"a sequence of {longest} tokens needs more than the {cfg.num_kv_blocks} KV blocks of "
+                f"a sequence of {longest} tokens needs more than the {cfg.usable_kv_blocks} usable KV blocks of "
                 f"{cfg.block_size} tokens the engine has; give the engine more KV-cache memory"
             )
         first = self._prompt.size
         ids = np.arange(first, first + prompt.size)
+        never = np.zeros(prompt.size, np.int64)
         self._prompt = np.concatenate([self._prompt, prompt])
         self._end_tokens = np.concatenate([self._end_tokens, prompt + target])
         self._num_tokens = np.concatenate([self._num_tokens, prompt])
-        self._finish = np.concatenate([self._finish, np.full(prompt.size, np.nan)])
-        self._first_token = np.concatenate([self._first_token, np.full(prompt.size, np.nan)])
+        self._finish_step = np.concatenate([self._finish_step, never])
+        self._first_token_step = np.concatenate([self._first_token_step, never])
         for request_id, t in zip(ids.tolist(), arrival.tolist(), strict=True):
             heapq.heappush(self._pending, (t, request_id))
         return ids
@@ -160,7 +346,7 @@ class ContinuousBatchingSimulator:
         while True:
             if self._pending and self._pending[0][0] <= self.now:
                 self._admit_arrivals()
-            if self._slots.shape[1] == 0 and not self._waiting:
+            if self._num_running() == 0 and not self._waiting:
                 if not self._pending:
                     break
                 next_arrival = self._pending[0][0]
@@ -169,70 +355,124 @@ class ContinuousBatchingSimulator:
                     break
                 self.now = max(self.now, next_arrival)
                 continue
-            advanced = self._fast_forward(horizon) if self._can_fast_forward() else self._step(horizon)
-            if not advanced:
+            self._clocked = bool(self._pending) or until is not None
+            if not self._advance(horizon):
                 break
         return self.result()
 
     def result(self) -> SimulationResult:
-        """The current state, without advancing."""
-        trace = {}
-        if self.record_trace:
-            rows = np.asarray(self._trace, dtype=np.float64).reshape(-1, len(_TRACE_FIELDS))
-            trace = {name: rows[:, i] for i, name in enumerate(_TRACE_FIELDS)}
+        """The current state, without advancing (steps not priced yet are priced first)."""
+        self.now = self._times.price_unpriced(self.latency, self.now)
         num_tokens = self._num_tokens.copy()
-        num_tokens[self._slots[ID]] = self._slots[TOKENS]
-        done = not self._pending and not self._waiting and self._slots.shape[1] == 0
+        if self._batch is not None:
+            step = self.num_steps
+            for request, offset in self._batch.offsets.items():
+                num_tokens[request] = offset + step + 1
+        else:
+            num_tokens[self._slots[ID]] = self._slots[TOKENS]
+        done = not self._pending and not self._waiting and self._num_running() == 0
         return SimulationResult(
             now_seconds=self.now,
             finished=done,
-            finish_seconds=self._finish.copy(),
-            first_token_seconds=self._first_token.copy(),
+            finish_seconds=self._times.at(self._finish_step),
+            first_token_seconds=self._times.at(self._first_token_step),
             output_tokens=num_tokens - self._prompt,
             num_steps=self.num_steps,
             num_preemptions=self.num_preemptions,
-            trace=trace,
+            trace=self._trace_arrays() if self.record_trace else {},
         )
 
+    def _trace_arrays(self) -> dict[str, np.ndarray]:
+        """The trace as named columns, start and seconds of unpriced rows read from the step end times."""
+        rows = np.asarray(self._trace, dtype=np.float64).reshape(-1, 8)
+        first, steps = rows[:, 2].astype(np.int64), rows[:, 3].astype(np.int64)
+        start = np.where(np.isnan(rows[:, 0]), self._times.at(first - 1), rows[:, 0])
+        seconds = np.where(np.isnan(rows[:, 1]), self._times.at(first + steps - 1) - start, rows[:, 1])
+        columns = (start, seconds, rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6], rows[:, 7])
+        return dict(zip(_TRACE_FIELDS, columns, strict=True))
+
+    def _num_running(self) -> int:
+        """Requests in the running list."""
+        return len(self._batch) if self._batch is not None else self._slots.shape[1]
+
     def _admit_arrivals(self) -> None:
+        """Move the requests that have arrived by now to the waiting queue, charging their admission."""
         count = 0
         while self._pending and self._pending[0][0] <= self.now:
             self._waiting.append(heapq.heappop(self._pending)[1])
             count += 1
         self.now += count * self.latency.per_request_seconds
 
-    # ---- one ordinary step -------------------------------------------------------------------------
+    def _can_fast_forward(self) -> bool:
+        """Whether all-decode states may use the decode mode; stepping in the general form is its reference."""
+        return True
+
+    def _advance(self, horizon: float) -> bool:
+        """Take the next step or decode stretch; False if the horizon stops it before it starts."""
+        if self._batch is None:
+            if not self._can_fast_forward() or not self._all_decoding():
+                return self._step(horizon)
+            self._enter_decode_mode()
+        if self._can_stretch():
+            return self._stretch(horizon)
+        return self._decode_step(horizon)
+
+    # ---- the clock ---------------------------------------------------------------------------------
+    def _take_step(self, features: tuple[int, int, int, int, float], horizon: float, running: int) -> bool:
+        """Price one step (now, or later if the clock does not matter); False if it would end after ``horizon``."""
+        if self._clocked:
+            seconds = float(self.latency.step_seconds(*features))
+            end = self.now + seconds
+            if end > horizon:  # the step would still be running at the horizon: leave it unstarted
+                return False
+            start = self.now
+            self._times.record(end)
+            self.now = end
+        else:
+            start = self.now if not self._times.unpriced else np.nan
+            seconds = np.nan
+            self._times.defer((1, *features))
+        if self.record_trace:
+            self._trace_steps(start, seconds, 1, features[0], features[2], running)
+        return True
+
+    def _trace_steps(
+        self, start: float, seconds: float, steps: int, prefill_tokens: int, decode_seqs: int, running: int
+    ) -> None:
+        """Add a trace row for the next ``steps`` steps; ``nan`` start or seconds are filled in once priced."""
+        row = [start, seconds, self.num_steps + 1, steps, prefill_tokens, decode_seqs, running, len(self._waiting)]
+        self._trace.append(row)
+
+    # ---- general form: one step planned on the slot matrix -----------------------------------------
     def _step(self, horizon: float) -> bool:
         """Plan one step as vLLM would, price it, and apply it unless it ends after ``horizon``."""
         plan = self._plan_running()
         if not plan.victims:
             self._plan_waiting(plan)
+        features = self._features(plan)
+        if features[0] == 0 and features[2] == 0:
+            raise SamullmError("simulated engine stalled: no request could be scheduled (KV cache too small?)")
+        if not self._take_step(features, horizon, plan.slots.shape[1]):
+            return False
+        self._commit(plan)
+        return True
+
+    def _features(self, plan: _StepPlan) -> tuple[int, int, int, int, float]:
+        """The step's shape as the latency model takes it."""
         slots, scheduled = plan.slots, plan.scheduled
         computed = slots[COMPUTED]
         remaining = slots[TOKENS] - computed
         if int(remaining.max()) == 1 and not plan.num_admitted:  # decode only
             num_decode = int(np.count_nonzero(scheduled))
-            prefill_tokens = prefill_seqs = 0
-            decode_context = int(computed[scheduled > 0].sum()) + num_decode
-            pairs = 0.0
-        else:
-            decode = (remaining == 1) & (scheduled == 1)
-            chunk = np.where(decode, 0, scheduled)
-            num_decode = int(np.count_nonzero(decode))
-            prefill_tokens = int(chunk.sum())
-            prefill_seqs = int(np.count_nonzero(chunk))
-            decode_context = int(computed[decode].sum()) + num_decode
-            pairs = float((chunk * (2 * computed + chunk + 1)).sum() / 2)
-        if prefill_tokens == 0 and num_decode == 0:
-            raise SamullmError("simulated engine stalled: no request could be scheduled (KV cache too small?)")
-        seconds = float(self.latency.step_seconds(prefill_tokens, prefill_seqs, num_decode, decode_context, pairs))
-        end = self.now + seconds
-        if end > horizon:  # the step would still be running at the horizon: leave it unstarted
-            return False
-        if self.record_trace:
-            self._trace.append((self.now, seconds, 1, prefill_tokens, num_decode, slots.shape[1], len(self._waiting)))
-        self._commit(plan, end)
-        return True
+            return 0, 0, num_decode, int(computed[scheduled > 0].sum()) + num_decode, 0.0
+        decode = (remaining == 1) & (scheduled == 1)
+        chunk = np.where(decode, 0, scheduled)
+        num_decode = int(np.count_nonzero(decode))
+        prefill_tokens = int(chunk.sum())
+        prefill_seqs = int(np.count_nonzero(chunk))
+        decode_context = int(computed[decode].sum()) + num_decode
+        pairs = float((chunk * (2 * computed + chunk + 1)).sum() / 2)
+        return prefill_tokens, prefill_seqs, num_decode, decode_context, pairs
 
     def _plan_running(self) -> _StepPlan:
         """Schedule the RUNNING requests; blocks running short preempt from the tail (vLLM's FCFS rule)."""
@@ -324,7 +564,7 @@ class ContinuousBatchingSimulator:
         plan.scheduled = np.concatenate([plan.scheduled, scheduled])
         plan.num_admitted = new_ids.size
 
-    def _commit(self, plan: _StepPlan, end: float) -> None:
+    def _commit(self, plan: _StepPlan) -> None:
         """Apply a priced plan: preemptions, admissions, block allocations, sampled tokens, finishes."""
         if plan.victims:
             old = self._slots
@@ -333,98 +573,216 @@ class ContinuousBatchingSimulator:
             self.num_preemptions += len(plan.victims)
         for _ in range(plan.num_admitted):
             self._waiting.popleft()
+        self.num_steps += 1
         slots = plan.slots
         slots[COMPUTED] += plan.scheduled
         sampled = slots[COMPUTED] == slots[TOKENS]
         first = sampled & (slots[TOKENS] == slots[PROMPT])
         if first.any():
-            self._first_token[slots[ID, first]] = end
+            self._first_token_step[slots[ID, first]] = self.num_steps
         slots[TOKENS] += sampled
         done = sampled & (slots[TOKENS] >= slots[END])
         free = plan.free_blocks
         if done.any():
-            self._finish_requests(slots[:, done], end)
-            free += int(slots[BLOCKS, done].sum())
+            finished = slots[:, done]
+            self._finish_step[finished[ID]] = self.num_steps
+            self._num_tokens[finished[ID]] = finished[TOKENS]
+            free += int(finished[BLOCKS].sum())
             slots = slots[:, ~done]
         self._slots = slots
         self._free_blocks = free
-        self.now = end
-        self.num_steps += 1
 
-    def _finish_requests(self, finished: np.ndarray, end: float) -> None:
-        self._finish[finished[ID]] = end
-        self._num_tokens[finished[ID]] = finished[TOKENS]
-
-    # ---- fast-forward of decode-only stretches -----------------------------------------------------
-    def _can_fast_forward(self) -> bool:
-        """True when the next steps are all-decode and nothing can be admitted before a request finishes."""
+    # ---- decode mode -------------------------------------------------------------------------------
+    def _all_decoding(self) -> bool:
+        """True when every running request decodes and all fit in one step's token budget."""
         slots = self._slots
-        running = slots.shape[1]
-        if running == 0 or running > self.config.max_num_batched_tokens:
+        if slots.shape[1] > self.config.max_num_batched_tokens:
             return False
-        if int((slots[TOKENS] - slots[COMPUTED]).max()) != 1:
+        return not slots.shape[1] or bool(((slots[TOKENS] - slots[COMPUTED]) == 1).all())
+
+    def _enter_decode_mode(self) -> None:
+        """Move the running requests from the slot matrix into a ``_DecodeBatch``."""
+        slots, step = self._slots, self.num_steps
+        batch = _DecodeBatch(self.config.block_size)
+        for request, offset, end in zip(
+            slots[ID].tolist(), (slots[COMPUTED] - step).tolist(), slots[END].tolist(), strict=True
+        ):
+            batch.add(request, offset, end)
+        batch.first_tokens_due = slots[ID, slots[TOKENS] == slots[PROMPT]].tolist()
+        self._batch = batch
+        self._slots = np.zeros((6, 0), np.int64)
+
+    def _leave_decode_mode(self) -> None:
+        """Move the running requests back into the slot matrix, in running order."""
+        batch, step = self._batch, self.num_steps
+        ids = np.fromiter(batch.offsets.keys(), np.int64, len(batch))
+        computed = np.fromiter(batch.offsets.values(), np.int64, len(batch)) + step
+        slots = np.empty((6, ids.size), np.int64)
+        slots[ID] = ids
+        slots[COMPUTED] = computed
+        slots[TOKENS] = computed + 1
+        slots[END] = self._end_tokens[ids]
+        slots[PROMPT] = self._prompt[ids]
+        slots[BLOCKS] = -(-computed // self.config.block_size)
+        self._slots = slots
+        self._batch = None
+
+    def _can_stretch(self) -> bool:
+        """True when nothing can be admitted before a request finishes (vLLM would only decode)."""
+        running = len(self._batch)
+        if running == 0:
             return False
         if not self._waiting or running >= self.config.max_num_seqs:
             return True
-        head_blocks = self.config.blocks_for(int(self._num_tokens[self._waiting[0]]))
+        head_blocks = -(-int(self._num_tokens[self._waiting[0]]) // self.config.block_size)
         return head_blocks + self._watermark_blocks > self._free_blocks
 
-    def _fast_forward(self, horizon: float) -> bool:
-        """Run k identical-shape decode steps at once; False if the horizon stopped it before any step."""
-        cfg = self.config
-        slots = self._slots
-        computed = slots[COMPUTED]
-        steps = int((slots[END] - slots[TOKENS]).min())
-        steps = min(steps, self._steps_until_blocks_run_out(computed, steps))
+    def _stretch(self, horizon: float) -> bool:
+        """Run decode steps up to the next finish, block shortage, arrival or horizon as one unit."""
+        batch, step = self._batch, self.num_steps
+        steps = batch.steps_blocks_allow(step, batch.next_finish() - step, self._free_blocks)
         if steps == 0:
-            return self._step(horizon)
-        batch = computed.size
-        context = float(computed.sum()) + batch * np.arange(1, steps + 1, dtype=np.float64)
+            return self._decode_step(horizon)
+        running = len(batch)
+        if self._clocked:
+            steps = self._priced_stretch(steps, horizon)
+            if steps == 0:  # only the horizon stops a stretch before its first step
+                return False
+        else:
+            if self.record_trace:
+                self._trace_steps(self.now if not self._times.unpriced else np.nan, np.nan, steps, 0, running, running)
+            self._times.defer((steps, 0, 0, running, batch.context(step) + running, 0.0))
+        self._free_blocks -= batch.blocks_for_steps(step, steps)
+        self._stamp_first_tokens_due(step + 1)
+        self.num_steps = step + steps
+        self._finish_decoders()
+        return True
+
+    def _priced_stretch(self, steps: int, horizon: float) -> int:
+        """Price up to ``steps`` decode steps, cut at the next arrival and the horizon; returns how many run."""
+        batch = self._batch
+        running = len(batch)
+        context = float(batch.context(self.num_steps)) + running * np.arange(1, steps + 1, dtype=np.float64)
         seconds = np.broadcast_to(
-            np.asarray(self.latency.step_seconds(0, 0, batch, context, 0.0), dtype=np.float64), (steps,)
+            np.asarray(self.latency.step_seconds(0, 0, running, context, 0.0), dtype=np.float64), (steps,)
         )
         ends = self.now + np.cumsum(seconds)
         limit = steps
-        if self._pending and batch < cfg.max_num_seqs:
+        if self._pending and running < self.config.max_num_seqs:
+            # A request that arrived while earlier ones were being admitted is already due: it is taken after
+            # one step, as when stepping one by one, rather than stopping the stretch (and the run) at zero.
             starts = ends - seconds
-            limit = min(limit, int(np.searchsorted(starts, self._pending[0][0], side="left")))
+            limit = min(limit, max(1, int(np.searchsorted(starts, self._pending[0][0], side="left"))))
         limit = min(limit, int(np.searchsorted(ends, horizon, side="right")))
-        if limit == 0:  # only the horizon stops a stretch before its first step
+        if limit:
+            if self.record_trace:
+                self._trace_steps(self.now, float(ends[limit - 1] - self.now), limit, 0, running, running)
+            self._times.record_many(ends[:limit])
+            self.now = float(ends[limit - 1])
+        return limit
+
+    def _decode_step(self, horizon: float) -> bool:
+        """One step from the decode mode: preempt if blocks run short, else admit, then decode everyone."""
+        batch, step = self._batch, self.num_steps
+        needed = batch.blocks_for_steps(step, 1)
+        victims: list[tuple[int, int]] = []
+        admitted: list[tuple[int, int]] = []
+        if needed > self._free_blocks:
+            victims, free = batch.plan_preemption(step, self._free_blocks)
+        else:
+            admission = self._plan_whole_admissions(len(batch), self._free_blocks - needed)
+            if admission is None:
+                self._leave_decode_mode()
+                return self._step(horizon)
+            admitted, free = admission
+        kept = len(batch) - len(victims)
+        num_decode = kept + sum(1 for _, num_tokens in admitted if num_tokens == 1)
+        prefill = [num_tokens for _, num_tokens in admitted if num_tokens != 1]
+        context = batch.context(step) - sum(offset + step for _, offset in victims) + num_decode
+        pairs = sum(n * (n + 1) for n in prefill) / 2 if admitted else 0.0
+        features = (sum(prefill), len(prefill), num_decode, context, pairs)
+        if not prefill and not num_decode:
+            raise SamullmError("simulated engine stalled: no request could be scheduled (KV cache too small?)")
+        if not self._take_step(features, horizon, kept + len(admitted)):
             return False
-        if self.record_trace:
-            self._trace.append((self.now, float(ends[limit - 1] - self.now), limit, 0, batch, batch, len(self._waiting)))
-        slots[COMPUTED] += limit
-        slots[TOKENS] += limit
-        blocks = -(-slots[COMPUTED] // cfg.block_size)
-        self._free_blocks -= int(blocks.sum()) - int(slots[BLOCKS].sum())
-        slots[BLOCKS] = blocks
-        self.now = float(ends[limit - 1])
-        self.num_steps += limit
-        done = slots[TOKENS] >= slots[END]
-        if done.any():
-            self._finish_requests(slots[:, done], self.now)
-            self._free_blocks += int(blocks[done].sum())
-            self._slots = slots[:, ~done]
+        if victims:
+            self._preempt(victims)
+        self._free_blocks = free
+        self.num_steps = step + 1
+        self._stamp_first_tokens_due(step + 1)
+        self._start_decoding(admitted)
+        self._finish_decoders()
         return True
 
-    def _steps_until_blocks_run_out(self, computed: np.ndarray, steps: int) -> int:
-        """Largest k <= steps such that k decode steps fit in the free KV blocks."""
-        bs = self.config.block_size
-        held = int(self._slots[BLOCKS].sum())
+    def _plan_whole_admissions(self, running: int, free: int) -> tuple[list[tuple[int, int]], int] | None:
+        """Waiting requests the step admits, as ``(id, num_tokens)``, and the blocks left free.
 
-        def needed(k: int) -> int:
-            return int((-(-(computed + k) // bs)).sum()) - held
+        None when an admitted request would get only a chunk of its prompt: the general form plans that step.
+        """
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens - running
+        waiting = self._waiting
+        if not waiting or budget <= 0 or running >= cfg.max_num_seqs:
+            return [], free
+        threshold = cfg.long_prefill_token_threshold if running + len(waiting) > 1 else 0
+        block_size = cfg.block_size
+        admitted: list[tuple[int, int]] = []
+        for request in waiting:
+            if budget <= 0 or running + len(admitted) >= cfg.max_num_seqs:
+                break
+            num_tokens = int(self._num_tokens[request])
+            watermark = self._watermark_blocks if running or admitted else 0
+            if -(-num_tokens // block_size) + watermark > free:
+                break
+            new = min(num_tokens, threshold) if threshold else num_tokens
+            if not cfg.enable_chunked_prefill and new > budget:
+                break
+            if min(new, budget) < num_tokens:
+                return None
+            admitted.append((request, num_tokens))
+            free -= -(-num_tokens // block_size)
+            budget -= num_tokens
+        return admitted, free
 
-        if needed(steps) <= self._free_blocks:
-            return steps
-        low, high = 0, steps  # needed(low) fits, needed(high) does not
-        while high - low > 1:
-            mid = (low + high) // 2
-            if needed(mid) <= self._free_blocks:
-                low = mid
+    def _preempt(self, victims: list[tuple[int, int]]) -> None:
+        """Send preempted decoders back to the front of the waiting queue (their blocks are already freed)."""
+        step = self.num_steps
+        for request, offset in victims:
+            self._batch.remove(request)
+            self._num_tokens[request] = offset + step + 1
+        self._waiting.extendleft([request for request, _ in victims])
+        self.num_preemptions += len(victims)
+
+    def _start_decoding(self, admitted: list[tuple[int, int]]) -> None:
+        """Requests whose whole prompt was computed in this step: sample, then decode or finish."""
+        step, batch = self.num_steps, self._batch
+        for request, num_tokens in admitted:
+            self._waiting.popleft()
+            if num_tokens == self._prompt[request]:
+                self._first_token_step[request] = step
+            end_tokens = int(self._end_tokens[request])
+            if num_tokens + 1 >= end_tokens:
+                self._finish_step[request] = step
+                self._num_tokens[request] = num_tokens + 1
+                self._free_blocks += self.config.blocks_for(num_tokens)
             else:
-                high = mid
-        return low
+                batch.add(request, num_tokens - step, end_tokens)
+
+    def _stamp_first_tokens_due(self, step: int) -> None:
+        """Record the first token of requests that entered the decode mode one token short of their prompt."""
+        batch = self._batch
+        for request in batch.first_tokens_due:
+            if request in batch.offsets:
+                self._first_token_step[request] = step
+        batch.first_tokens_due = []
+
+    def _finish_decoders(self) -> None:
+        """Finish the decoders whose output is complete after this step and free their blocks."""
+        step = self.num_steps
+        for request, offset in self._batch.pop_finished(step):
+            self._finish_step[request] = step
+            self._num_tokens[request] = offset + step + 1
+            self._free_blocks += self._batch.blocks(offset, step)
 
 
 def simulate(

@@ -14,7 +14,7 @@ def engine_settings_for(model: str, **settings: object) -> tuple[EngineSettings,
     if model in TINY_MODELS:
         folder = ensure_tiny_model(model)
         architecture = ModelArchitecture.from_config_file(folder, name=model)
-        return EngineSettings(model=str(folder), load_format="dummy", **settings), architecture
+        return EngineSettings(model=str(folder), **TINY_MODELS[model].vllm_kwargs(), **settings), architecture
     architecture = resolve_architecture(model)
     if Path(model).exists():
         architecture = architecture.model_copy(update={"name": Path(model).name})

@@ -38,6 +38,7 @@ class Workload:
     input_tokens: np.ndarray
     max_tokens: int
     ignore_eos: bool
+    kv_cache_memory_bytes: int | None = None  # run on an engine with this KV cache instead of the profiled one
 
 
 @dataclass(slots=True)
@@ -66,8 +67,8 @@ def profiling_grid(limits: SchedulerConfig, seed: int = 0, scale: float = 1.0) -
     for batch, length in ((1, 16), (1, 768), (16, 16), (16, 768), (64, 256), (max_seqs, 64)):
         n = min(max_seqs, max(1, int(batch * scale)) if batch > 1 else 1)
         grid.append(Workload(f"decode-{batch}x{length}", np.full(n, min(length, max_len // 2)), 48, True))
-    prompts = OutputLengthDistribution.sharegpt_input_lengths().sample(count(192), rng)
-    grid.append(Workload("mixed-sharegpt", np.clip(prompts, 4, max_len // 2), min(384, max_len // 2), False))
+    prompts = OutputLengthDistribution.sharegpt_input_lengths().sample(count(128), rng)
+    grid.append(Workload("mixed-sharegpt", np.clip(prompts, 4, max_len // 2), min(256, max_len // 2), False))
     return grid
 
 

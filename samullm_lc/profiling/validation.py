@@ -18,7 +18,7 @@ from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.profiling.models import engine_settings_for
 from samullm_lc.profiling.profiler import Workload, profile_engine, run_workload
-from samullm_lc.runtime.vllm_engine import EngineSettings, shutdown_llm, start_llm
+from samullm_lc.runtime.vllm_engine import EngineSettings, scheduler_config_of, shutdown_llm, start_llm
 
 DEMO_MODELS = ("tiny-llama-s", "tiny-llama-m", "tiny-qwen2-m", "tiny-llama-l")
 
@@ -42,28 +42,31 @@ class ValidationRow(BaseModel):
         return self.predicted_seconds / self.measured_seconds - 1
 
 
+SMALL_KV_CACHE_BYTES = 16 * 2**20  # the KV-overflow workload's engine: small enough to force preemption quickly
+
+
 def validation_workloads(profile: EngineProfile, *, scale: float = 1.0, seed: int = 1000) -> list[Workload]:
-    """Fresh workloads for one profiled engine (64 to 2,000 requests at scale 1)."""
+    """Fresh workloads for one profiled engine: 64 to 2,000 requests at scale 1, none from the profiling grid."""
     rng = np.random.default_rng(seed)
     max_len = profile.scheduler.max_model_len
-    capacity = profile.scheduler.kv_capacity_tokens
+    small_kv_tokens = SMALL_KV_CACHE_BYTES // profile.architecture.kv_bytes_per_token
 
     def n(count: int) -> int:
         return max(8, int(count * scale))
 
     sharegpt = OutputLengthDistribution.sharegpt_input_lengths()
-    preempt_in, preempt_out = 256, 384
-    preempt_n = min(2000, max(64, int(1.6 * capacity / (preempt_in + preempt_out))))
+    overflow_in, overflow_out = 192, 256
+    overflow_n = min(2000, max(32, int(1.6 * small_kv_tokens / (overflow_in + overflow_out))))
     return [
-        Workload("sharegpt-prompts sampled<=256", np.clip(sharegpt.sample(n(256), rng), 4, 1024), 256, False),
-        Workload("short 32 fixed 32", np.full(n(2000), 32), 32, True),
-        Workload("long 1500 sampled<=128", np.full(n(64), min(1500, max_len - 200)), 128, False),
-        Workload("uniform 16-512 sampled<=512", rng.integers(16, 513, n(512)), 512, False),
-        Workload("128 fixed 128", np.full(n(300), 128), 128, True),
-        Workload("kv-overflow 256 fixed 384 (preempts)", np.full(max(8, int(preempt_n * scale)), preempt_in), preempt_out,
-                 True),
-        Workload("bimodal 24|900 sampled<=192", rng.choice([24, 900], n(400)), 192, False),
-        Workload("sharegpt-prompts fixed 64", np.clip(sharegpt.sample(n(1000), rng), 4, 1024), 64, True),
+        Workload("sharegpt prompts, sampled <=128", np.clip(sharegpt.sample(n(256), rng), 4, 1024), 128, False),
+        Workload("2000 short: 16 in, fixed 8", np.full(n(2000), 16), 8, True),
+        Workload("long 1500 in, sampled <=64", np.full(n(64), min(1500, max_len - 100)), 64, False),
+        Workload("uniform 16-512 in, sampled <=256", rng.integers(16, 513, n(256)), 256, False),
+        Workload("128 in, fixed 64", np.full(n(300), 128), 64, True),
+        Workload("KV overflow: 192 in, fixed 256, 16 MiB cache", np.full(max(8, int(overflow_n * scale)), overflow_in),
+                 overflow_out, True, kv_cache_memory_bytes=SMALL_KV_CACHE_BYTES),
+        Workload("bimodal 24|900 in, sampled <=128", rng.choice([24, 900], n(200)), 128, False),
+        Workload("sharegpt prompts, fixed 32", np.clip(sharegpt.sample(n(500), rng), 4, 1024), 32, True),
     ]
 
 
@@ -81,38 +84,51 @@ def validate_profile(
     seed: int = 0,
     on_progress: Callable[[str], None] = lambda message: None,
 ) -> list[ValidationRow]:
-    """Predict each workload with the profile, then run it on a fresh engine and time it."""
-    cost_model = CostModel(profile.architecture, profile.hardware, profile.tensor_parallel_size, profile=profile)
-    predictions = []
-    for workload in workloads:
-        fixed = workload.max_tokens if workload.ignore_eos else None
-        predictions.append(
-            cost_model.estimate(workload.input_tokens, workload.max_tokens, fixed_output_tokens=fixed,
-                                num_samples=num_samples, seed=seed)
-        )
-    llm = start_llm(settings_of(profile))
+    """Predict each workload with the profile, then run it on an engine with the profiled settings and time it.
+
+    A workload that names its own KV-cache size runs on an engine started with it; its prediction uses the
+    profile's latency with that engine's real block count, as the planner would for a smaller memory share.
+    """
     rows = []
-    try:
-        run_workload(llm, Workload("warm-up", np.full(8, 16), 8, True), seed=seed)
-        for index, (workload, prediction) in enumerate(zip(workloads, predictions, strict=True)):
-            run = run_workload(llm, workload, seed=seed + 7919 * (index + 1))
-            rows.append(ValidationRow(
-                model=profile.architecture.name,
-                workload=workload.name,
-                num_requests=int(workload.input_tokens.size),
-                output_tokens="fixed" if workload.ignore_eos else "sampled",
-                measured_seconds=run.wall_seconds,
-                predicted_seconds=prediction.seconds,
-                predicted_min_seconds=prediction.seconds_min,
-                predicted_max_seconds=prediction.seconds_max,
-                measured_output_tokens=int(run.output_tokens.sum()),
-                preemptions_predicted=_preempts(cost_model, workload),
-            ))
-            on_progress(f"  {rows[-1].model} {workload.name}: measured {run.wall_seconds:.2f} s, "
-                        f"predicted {prediction.seconds:.2f} s ({rows[-1].relative_error:+.1%})")
-    finally:
-        shutdown_llm(llm)
-    return rows
+    by_cache: dict[int | None, list[Workload]] = {}
+    for workload in workloads:
+        by_cache.setdefault(workload.kv_cache_memory_bytes, []).append(workload)
+    for kv_cache_bytes, group in by_cache.items():
+        settings = settings_of(profile)
+        if kv_cache_bytes is not None:
+            settings = settings.model_copy(update={"kv_cache_memory_bytes": kv_cache_bytes})
+        llm = start_llm(settings)
+        try:
+            cost_model = CostModel(profile.architecture, profile.hardware, profile.tensor_parallel_size,
+                                   profile=profile, scheduler=scheduler_config_of(llm))
+            run_workload(llm, Workload("warm-up", np.full(8, 16), 8, True), seed=seed)
+            for workload in group:
+                rows.append(_validate_one(llm, cost_model, workload, num_samples=num_samples, seed=seed))
+                on_progress(f"  {rows[-1].model} {workload.name}: measured {rows[-1].measured_seconds:.2f} s, "
+                            f"predicted {rows[-1].predicted_seconds:.2f} s ({rows[-1].relative_error:+.1%})")
+        finally:
+            shutdown_llm(llm)
+    order = {w.name: i for i, w in enumerate(workloads)}
+    return sorted(rows, key=lambda row: order[row.workload])
+
+
+def _validate_one(llm, cost_model: CostModel, workload: Workload, *, num_samples: int, seed: int) -> ValidationRow:
+    fixed = workload.max_tokens if workload.ignore_eos else None
+    prediction = cost_model.estimate(workload.input_tokens, workload.max_tokens, fixed_output_tokens=fixed,
+                                     num_samples=num_samples, seed=seed)
+    run = run_workload(llm, workload, seed=seed + 7919)
+    return ValidationRow(
+        model=cost_model.architecture.name,
+        workload=workload.name,
+        num_requests=int(workload.input_tokens.size),
+        output_tokens="fixed" if workload.ignore_eos else "sampled",
+        measured_seconds=run.wall_seconds,
+        predicted_seconds=prediction.seconds,
+        predicted_min_seconds=prediction.seconds_min,
+        predicted_max_seconds=prediction.seconds_max,
+        measured_output_tokens=int(run.output_tokens.sum()),
+        preemptions_predicted=_preempts(cost_model, workload),
+    )
 
 
 def _preempts(cost_model: CostModel, workload: Workload) -> bool:
@@ -144,7 +160,7 @@ def run_demo(out: Path, *, scale: float = 0.5, models: tuple[str, ...] = DEMO_MO
     for model in models:
         profile = profile_or_load(model, out, scale=scale, kv_cache_bytes=256 * 2**20, max_model_len=2048,
                                   on_progress=on_progress)
-        workloads = validation_workloads(profile, scale=scale * 0.25)
+        workloads = validation_workloads(profile, scale=scale * 0.5)
         rows += validate_profile(profile, [workloads[0], workloads[4]], on_progress=on_progress)
     (out / "demo-results.json").write_text(
         "[\n" + ",\n".join(row.model_dump_json() for row in rows) + "\n]\n"

@@ -5,7 +5,7 @@ import pytest
 
 from samullm_lc.costmodel.latency.linear import LinearLatencyModel
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
-from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, simulate
+from samullm_lc.costmodel.simulator import BLOCKS, ContinuousBatchingSimulator, simulate
 from samullm_lc.errors import ConfigError
 
 # One second per step plus 0.1 s per prefill token: step times are easy to add up by hand.
@@ -42,10 +42,11 @@ def test_decode_steps_follow_prefill_and_first_token_comes_with_prefill():
 
 
 def test_preemption_by_recompute_when_blocks_run_out():
-    # 4 blocks of 2 tokens; two requests of prompt 2 and output 4 each need 3 blocks at the end.
+    # 4 usable blocks of 2 tokens (vLLM keeps a 5th as its null block); two requests of prompt 2 and
+    # output 4 each need 3 blocks at the end.
     # Steps 1-3 run both; at step 4 r0 needs a third block, r1 (the tail) is preempted, r0 finishes;
     # step 5 recomputes r1's 5 tokens (prompt + 3 generated) and samples its last token.
-    cfg = config(num_kv_blocks=4, block_size=2, max_model_len=8, max_num_batched_tokens=8)
+    cfg = config(num_kv_blocks=5, block_size=2, max_model_len=8, max_num_batched_tokens=8)
     result = simulate(cfg, STEP, [2, 2], [4, 4], record_trace=True)
     assert result.num_preemptions == 1
     per_step = np.repeat(result.trace["prefill_tokens"], result.trace["num_steps"].astype(int))
@@ -140,3 +141,69 @@ def test_bad_requests_get_clear_errors():
         simulate(config(num_kv_blocks=2, block_size=4, max_model_len=64), STEP, [10], [10])
     with pytest.raises(ConfigError, match="at least 1"):
         simulate(config(), STEP, [0], [3])
+
+
+class _CheckedSimulator(ContinuousBatchingSimulator):
+    """Checks the KV-block accounting after every step or stretch, in either representation."""
+
+    def _advance(self, horizon):
+        advanced = super()._advance(horizon)
+        if self._batch is not None:
+            held = sum(self._batch.blocks(offset, self.num_steps) for offset in self._batch.offsets.values())
+        else:
+            held = int(self._slots[BLOCKS].sum())
+        assert 0 <= self._free_blocks == self.config.usable_kv_blocks - held
+        return advanced
+
+
+class _CheckedNoFastForward(_CheckedSimulator, _NoFastForward):
+    pass
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_workloads_agree_with_plain_stepping_and_keep_invariants(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, block_size, max_model_len = 120, int(rng.choice([1, 4, 16])), 512
+    inputs = rng.integers(1, 300, n)
+    inputs[rng.random(n) < 0.1] = 1
+    outputs = rng.geometric(1 / rng.choice([5, 40]), n).clip(1, 400)
+    longest = int(np.minimum(inputs + outputs, max_model_len).max())
+    chunked = bool(seed % 4)
+    cfg = config(
+        num_kv_blocks=-(-longest // block_size) * int(rng.choice([1, 3, 50])) + 1, block_size=block_size,
+        max_model_len=max_model_len, max_num_seqs=int(rng.choice([2, 16, 64])),
+        max_num_batched_tokens=int(rng.choice([64, 512])) if chunked else 512, enable_chunked_prefill=chunked,
+        long_prefill_token_threshold=int(rng.choice([0, 0, 50])), watermark=float(rng.choice([0.0, 0.05])),
+    )
+    latency = LinearLatencyModel(
+        intercept_seconds=0.01, coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3, "decode_context_tokens": 1e-6}
+    )
+    arrivals = np.sort(rng.uniform(0, 20, n)) if seed % 2 else None
+    results = []
+    for cls in (_CheckedSimulator, _CheckedNoFastForward):
+        sim = cls(cfg, latency)
+        sim.add_requests(inputs, outputs, arrivals)
+        partial = sim.run(until=5.0)
+        assert partial.now_seconds <= 5.0
+        results.append(sim.run())
+    fast, slow = results
+    assert fast.finished and fast.num_steps == slow.num_steps and fast.num_preemptions == slow.num_preemptions
+    np.testing.assert_allclose(fast.finish_seconds, slow.finish_seconds, rtol=1e-9)
+    np.testing.assert_allclose(fast.first_token_seconds, slow.first_token_seconds, rtol=1e-9)
+    assert (fast.output_tokens == np.minimum(outputs, max_model_len - inputs)).all()
+    start = np.zeros(n) if arrivals is None else arrivals
+    assert (start <= fast.first_token_seconds).all() and (fast.first_token_seconds <= fast.finish_seconds).all()
+
+
+def test_a_request_due_during_an_admission_does_not_stop_the_run():
+    # r1 arrives at 1.0 but cannot get blocks while r0 runs; r2 arrives at 1.02, during r1's 0.05 s admission,
+    # so it is already due when the next decode stretch is planned: the run goes on and ends as plain stepping.
+    latency = LinearLatencyModel(intercept_seconds=0.01, coefficients={}, per_request_seconds=0.05)
+    cfg = config(num_kv_blocks=25)
+    args = ([100, 250, 10], [200, 10, 5], [0.0, 1.0, 1.02])
+    fast = simulate(cfg, latency, *args)
+    slow = _NoFastForward(cfg, latency)
+    slow.add_requests(*args)
+    slow = slow.run()
+    assert fast.finished and fast.num_steps == slow.num_steps
+    np.testing.assert_allclose(fast.finish_seconds, slow.finish_seconds, rtol=1e-9)
