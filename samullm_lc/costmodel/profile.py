@@ -33,6 +33,9 @@ class EngineProfile(BaseModel):
     load_seconds: float = Field(ge=0, description="Engine start: weights, KV-cache allocation, warm-up.")
     output_lengths: OutputLengthDistribution | None = None
     engine: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    measured_steps: list[tuple[float, float, float, float, float, float]] = Field(
+        default_factory=list, description="The fitted steps: the five features, then seconds (for refits)."
+    )
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -7,18 +7,25 @@ output caps, and one that overflows the KV cache so the engine must preempt.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from samullm_lc.costmodel.estimator import CostModel
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.profiling.models import engine_settings_for
 from samullm_lc.profiling.profiler import Workload, profile_engine, run_workload
-from samullm_lc.runtime.vllm_engine import EngineSettings, scheduler_config_of, shutdown_llm, start_llm
+from samullm_lc.runtime.vllm_engine import (
+    EngineSettings,
+    StepRecorder,
+    scheduler_config_of,
+    shutdown_llm,
+    start_llm,
+)
 
 DEMO_MODELS = ("tiny-llama-s", "tiny-llama-m", "tiny-qwen2-m", "tiny-llama-l")
 
@@ -30,12 +37,17 @@ class ValidationRow(BaseModel):
     workload: str
     num_requests: int
     output_tokens: str
-    measured_seconds: float
+    measured_seconds: float = Field(description="Median wall time over the repetitions.")
+    measured_runs_seconds: list[float]
+    load_average: float = Field(description="1-minute load average during the measurement (2 cores here).")
     predicted_seconds: float
     predicted_min_seconds: float
     predicted_max_seconds: float
     measured_output_tokens: int
     preemptions_predicted: bool
+    measured_steps: list[tuple[float, float, float, float, float, float]] = Field(
+        default_factory=list, description="The median run's steps: the five features, then seconds.", exclude=True
+    )
 
     @property
     def relative_error(self) -> float:
@@ -81,10 +93,11 @@ def validate_profile(
     workloads: list[Workload],
     *,
     num_samples: int = 5,
+    repeats: int = 3,
     seed: int = 0,
     on_progress: Callable[[str], None] = lambda message: None,
 ) -> list[ValidationRow]:
-    """Predict each workload with the profile, then run it on an engine with the profiled settings and time it.
+    """Predict each workload, then run it ``repeats`` times on an engine with the profiled settings (median).
 
     A workload that names its own KV-cache size runs on an engine started with it; its prediction uses the
     profile's latency with that engine's real block count, as the planner would for a smaller memory share.
@@ -103,7 +116,8 @@ def validate_profile(
                                    profile=profile, scheduler=scheduler_config_of(llm))
             run_workload(llm, Workload("warm-up", np.full(8, 16), 8, True), seed=seed)
             for workload in group:
-                rows.append(_validate_one(llm, cost_model, workload, num_samples=num_samples, seed=seed))
+                rows.append(_validate_one(llm, cost_model, workload, num_samples=num_samples, seed=seed,
+                                          repeats=repeats))
                 on_progress(f"  {rows[-1].model} {workload.name}: measured {rows[-1].measured_seconds:.2f} s, "
                             f"predicted {rows[-1].predicted_seconds:.2f} s ({rows[-1].relative_error:+.1%})")
         finally:
@@ -112,22 +126,33 @@ def validate_profile(
     return sorted(rows, key=lambda row: order[row.workload])
 
 
-def _validate_one(llm, cost_model: CostModel, workload: Workload, *, num_samples: int, seed: int) -> ValidationRow:
+def _validate_one(llm, cost_model: CostModel, workload: Workload, *, num_samples: int, seed: int,
+                  repeats: int) -> ValidationRow:
     fixed = workload.max_tokens if workload.ignore_eos else None
     prediction = cost_model.estimate(workload.input_tokens, workload.max_tokens, fixed_output_tokens=fixed,
                                      num_samples=num_samples, seed=seed)
-    run = run_workload(llm, workload, seed=seed + 7919)
+    runs, steps = [], []
+    for _ in range(repeats):
+        with StepRecorder(llm) as recorder:
+            runs.append(run_workload(llm, workload, seed=seed + 7919, recorder=recorder))
+        steps.append(recorder.steps)
+    walls = [r.wall_seconds for r in runs]
+    median = int(np.argsort(walls)[len(walls) // 2])
+    run = runs[median]
     return ValidationRow(
         model=cost_model.architecture.name,
         workload=workload.name,
         num_requests=int(workload.input_tokens.size),
         output_tokens="fixed" if workload.ignore_eos else "sampled",
         measured_seconds=run.wall_seconds,
+        measured_runs_seconds=walls,
+        load_average=os.getloadavg()[0],
         predicted_seconds=prediction.seconds,
         predicted_min_seconds=prediction.seconds_min,
         predicted_max_seconds=prediction.seconds_max,
         measured_output_tokens=int(run.output_tokens.sum()),
         preemptions_predicted=_preempts(cost_model, workload),
+        measured_steps=[(*step.features, step.seconds) for step in steps[median]],
     )
 
 
@@ -161,7 +186,7 @@ def run_demo(out: Path, *, scale: float = 0.5, models: tuple[str, ...] = DEMO_MO
         profile = profile_or_load(model, out, scale=scale, kv_cache_bytes=256 * 2**20, max_model_len=2048,
                                   on_progress=on_progress)
         workloads = validation_workloads(profile, scale=scale * 0.5)
-        rows += validate_profile(profile, [workloads[0], workloads[4]], on_progress=on_progress)
+        rows += validate_profile(profile, [workloads[0], workloads[4]], repeats=1, on_progress=on_progress)
     (out / "demo-results.json").write_text(
         "[\n" + ",\n".join(row.model_dump_json() for row in rows) + "\n]\n"
     )

@@ -167,6 +167,11 @@ class StepRecorder:
         return outputs
 
     def feature_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """(steps x features) array in FEATURE_NAMES order, and the step seconds."""
-        features = np.array([s.features for s in self.steps], dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
-        return features, np.array([s.seconds for s in self.steps], dtype=np.float64)
+        """The recorded steps as arrays (see ``step_arrays``)."""
+        return step_arrays(self.steps)
+
+
+def step_arrays(steps: list[StepRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps x features) array in FEATURE_NAMES order, and the step seconds."""
+    features = np.array([s.features for s in steps], dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+    return features, np.array([s.seconds for s in steps], dtype=np.float64)
