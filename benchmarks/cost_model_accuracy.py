@@ -40,7 +40,7 @@ def write_report(rows: list[ValidationRow], profiles: dict, path: Path, command:
         "Predicted = median over 5 output-length samples of the simulated time (sampled rows) or one "
         "simulation (fixed rows: `ignore_eos`, every request generates max_tokens). Measured = median wall time "
         "of 3 runs of `LLM.generate` on a warm engine with the same settings; `load` is the 1-minute load average "
-        "(2 cores: above ~1.3 something else was running).",
+        "(the engine's two threads alone keep it near 2 on these 2 cores; well above that, another process was competing).",
         "",
         f"**{len(rows)} workloads: median absolute error {np.median(errors):.1%}, worst {errors.max():.1%}** "
         "(goal: median <= 5%, worst <= 15%).",

@@ -1,0 +1,1 @@
+"""The `samullm` command line."""
