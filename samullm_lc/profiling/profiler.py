@@ -68,7 +68,7 @@ def profiling_grid(limits: SchedulerConfig, seed: int = 0, scale: float = 1.0) -
         return max(2, int(n * scale))
 
     grid = []
-    for length in (32, 256, 1024, min(1900, max_len - 64)):
+    for length in sorted({min(length, max_len - 64) for length in (32, 256, 1024, 1900)}):
         n = count(min(96, 3 * budget // length))
         grid.append(Workload(f"prefill-{length}", np.full(n, length), 1, True))
     # Each batch size at a short and a long context, so per-sequence and per-context-token costs separate.

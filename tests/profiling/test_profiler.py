@@ -48,6 +48,11 @@ def test_profile_round_trips_through_json_and_predicts(small_profile, tmp_path):
 def test_grid_stays_within_the_engine_limits():
     limits = SchedulerConfig(num_kv_blocks=100, block_size=128, max_model_len=1024, max_num_seqs=64,
                              max_num_batched_tokens=2048)
-    for workload in profiling_grid(limits, scale=1.0):
+    grid = profiling_grid(limits, scale=1.0)
+    for workload in grid:
         assert workload.input_tokens.max() + workload.max_tokens <= 1024
-        assert workload.input_tokens.size <= 96 or workload.input_tokens.size <= limits.max_num_seqs
+    decode = [w for w in grid if w.name.startswith("decode-")]
+    assert all(w.input_tokens.size <= limits.max_num_seqs for w in decode)
+    # every decode batch size is measured at two contexts, so their costs can be told apart
+    sizes = [w.input_tokens.size for w in decode]
+    assert all(sizes.count(size) == 2 for size in sizes if size > 1)
