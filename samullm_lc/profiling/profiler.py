@@ -73,7 +73,7 @@ def profiling_grid(limits: SchedulerConfig, seed: int = 0, scale: float = 1.0) -
         grid.append(Workload(f"prefill-{length}", np.full(n, length), 1, True))
     # Each batch size at a short and a long context, so per-sequence and per-context-token costs separate.
     decode_tokens = 48
-    for batch in sorted({1, 8, 32, 96, max_seqs}):
+    for batch in sorted({min(batch, max_seqs) for batch in (1, 8, 32, 96, max_seqs)}):
         n = max(1, int(batch * scale)) if batch > 1 else 1
         room = int(0.8 * limits.kv_capacity_tokens / n) - decode_tokens
         for length in (16, min(768, room, max_len // 2)):
