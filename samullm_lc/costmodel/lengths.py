@@ -20,9 +20,10 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import ConfigDict, model_validator
 
 from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
 
 _SUM_TOLERANCE = 1e-6  # probabilities may miss 1 by this much; they are then normalised
 _RENORMALISE_ABOVE = 1e-12  # below this error the probabilities are kept bit-for-bit (stable JSON round-trip)
@@ -30,7 +31,7 @@ _NEGLIGIBLE_MASS = 1e-12  # survival mass below this beyond the last stop is dro
 _TABLE = "sharegpt_lengths.json"
 
 
-class OutputLengthDistribution(BaseModel):
+class OutputLengthDistribution(ValidatedModel):
     """A distribution of request lengths in tokens, with an optional geometric tail beyond ``max(values)``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,29 +40,6 @@ class OutputLengthDistribution(BaseModel):
     probabilities: list[float]
     tail_hazard: float = 0.0
     source: str = ""
-
-    def __init__(self, **data: Any) -> None:
-        """Validate like any pydantic model, but raise ``ConfigError`` on bad input."""
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-
-    @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> OutputLengthDistribution:
-        """Validate a dict (or model); raise ``ConfigError`` on bad input."""
-        try:
-            return super().model_validate(obj, *args, **kwargs)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-
-    @classmethod
-    def model_validate_json(cls, json_data: str | bytes, *args: Any, **kwargs: Any) -> OutputLengthDistribution:
-        """Validate a JSON document; raise ``ConfigError`` on bad input."""
-        try:
-            return super().model_validate_json(json_data, *args, **kwargs)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -205,14 +183,6 @@ class OutputLengthDistribution(BaseModel):
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
-def _config_error(exc: ValidationError) -> ConfigError:
-    for error in exc.errors():
-        original = (error.get("ctx") or {}).get("error")
-        if isinstance(original, ConfigError):
-            return original
-    return ConfigError(f"invalid OutputLengthDistribution: {exc}")
-
-
 @cache
 def _sharegpt(key: str) -> OutputLengthDistribution:
     table = json.loads(resources.files("samullm_lc.costmodel.data").joinpath(_TABLE).read_text(encoding="utf-8"))
