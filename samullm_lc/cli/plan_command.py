@@ -1,0 +1,181 @@
+"""``samullm plan``: plan an application graph on a cluster, compare the planners, draw the plan.
+
+Kept in its own file so that ``main.py`` stays a list of small commands; the planner is imported inside the
+command, so ``samullm --help`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, get_args
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from samullm_lc.errors import ConfigError, SamullmError
+
+if TYPE_CHECKING:
+    from samullm_lc.graph.app_graph import AppGraph
+    from samullm_lc.planner.cluster import Cluster
+    from samullm_lc.planner.plan import Plan
+
+console = Console(stderr=True)
+
+LOWER_BOUND_KEY = "lower_bound"
+DEFAULT_PLANNER = "search"
+EXHAUSTIVE = "exhaustive"
+# --compare runs the exhaustive planner only on instances as small as the ones it is the yardstick for.
+EXHAUSTIVE_MAX_MODELS = 5
+EXHAUSTIVE_MAX_GPUS = 4
+
+
+def _fail(message: str | SamullmError) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _load_app(path: Path) -> AppGraph:
+    """Read an AppGraph JSON, turning a missing file or a malformed graph into a ``ConfigError``."""
+    from samullm_lc.graph.app_graph import AppGraph
+
+    if not path.is_file():
+        raise ConfigError(
+            f"app file {path} does not exist; give an AppGraph JSON such as examples/apps/ensemble.json "
+            "(scripts/build_paper_apps.py writes the paper's apps)"
+        )
+    try:
+        return AppGraph.load(path)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()[:3])
+    except ConfigError as exc:
+        lines = [line.strip() for line in str(exc).splitlines()]
+        problems = " ".join(line for line in lines if line and "errors.pydantic.dev" not in line)
+    raise ConfigError(f"app file {path} is not a valid AppGraph ({problems}); see docs/paper-apps.md for the format")
+
+
+def _check_planner(name: str, planners: dict[str, object]) -> None:
+    if name not in planners:
+        raise ConfigError(f"unknown planner {name!r}; choose one of {', '.join(planners)}")
+
+
+def _check_topology(topology: str | None) -> None:
+    from samullm_lc.planner.cluster import Topology
+
+    if topology is not None and topology not in get_args(Topology):
+        raise ConfigError(f"unknown topology {topology!r}; choose one of {', '.join(get_args(Topology))}")
+
+
+def _too_big_for_exhaustive(app: AppGraph, cluster: Cluster) -> str | None:
+    """Why --compare skips the exhaustive planner on this instance, or None when it runs it."""
+    models = len(app.models())
+    if models <= EXHAUSTIVE_MAX_MODELS and cluster.num_gpus <= EXHAUSTIVE_MAX_GPUS:
+        return None
+    return (
+        f"exhaustive search is for small instances (at most {EXHAUSTIVE_MAX_MODELS} models on "
+        f"{EXHAUSTIVE_MAX_GPUS} GPUs; this is {models} on {cluster.num_gpus}); "
+        f"add --planner {EXHAUSTIVE} to run it anyway"
+    )
+
+
+def _compare(
+    app: AppGraph, cluster: Cluster, chosen: str, seed: int, samples: int
+) -> tuple[dict[str, Plan], dict[str, str]]:
+    """Every planner's plan, and why any planner was skipped."""
+    from samullm_lc.planner import PLANNERS, plan_app
+
+    plans: dict[str, Plan] = {}
+    skipped: dict[str, str] = {}
+    for name in PLANNERS:
+        reason = _too_big_for_exhaustive(app, cluster) if name == EXHAUSTIVE and name != chosen else None
+        if reason:
+            skipped[name] = reason
+        else:
+            plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples)
+    return plans, skipped
+
+
+def plan(
+    app_path: Annotated[Path, typer.Argument(metavar="APP.json", help="Application graph (AppGraph JSON).")],
+    cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE, e.g. 8xA100-80GB (see `samullm hardware`).")],
+    topology: Annotated[
+        str | None, typer.Option(help="nvswitch, nvlink-pairs or pcie (default: nvswitch if the GPU has NVLink).")
+    ] = None,
+    planner: Annotated[
+        str, typer.Option(help="greedy, search, exhaustive, sequential, all-at-once or muxserve-like.")
+    ] = DEFAULT_PLANNER,
+    samples: Annotated[int, typer.Option(min=1, help="Output-length samples to plan on (reports the spread).")] = 1,
+    seed: int = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the plan, or with --compare the estimates.")
+    ] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(help=(
+            "Run every planner and print their estimates side by side; with --json one object "
+            f"planner -> estimated seconds, plus '{LOWER_BOUND_KEY}' (a lower bound on the makespan) and "
+            f"'skipped' (planner -> reason): {EXHAUSTIVE} is skipped above {EXHAUSTIVE_MAX_MODELS} models or "
+            f"{EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner."
+        )),
+    ] = False,
+    gantt: Annotated[Path | None, typer.Option(help="Draw the --planner plan as a GPUs x time chart (PNG).")] = None,
+) -> None:
+    """Plan which models run together, with which parallelism, and estimate the end-to-end time."""
+    try:
+        from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
+        from samullm_lc.planner.cluster import Cluster
+
+        _check_planner(planner, PLANNERS)
+        _check_topology(topology)
+        app = _load_app(app_path)
+        target = Cluster.parse(cluster, topology)  # type: ignore[arg-type]
+        if compare:
+            plans, skipped = _compare(app, target, planner, seed, samples)
+            bound = lower_bound_seconds(app, target, seed=seed)
+        else:
+            plans, skipped = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples)}, {}
+    except SamullmError as error:
+        _fail(error)
+
+    chosen = plans[planner]
+    if gantt is not None:
+        from samullm_lc.planner.gantt import draw_gantt
+
+        try:
+            written = draw_gantt(chosen, gantt)
+        except (OSError, ValueError) as error:
+            _fail(f"cannot write the gantt chart to {gantt}: {error}; give a writable .png path")
+        console.print(f"gantt chart of the {planner} plan written to {written}")
+    if compare:
+        _print_comparison(plans, skipped, bound, planner, as_json)
+    elif as_json:
+        typer.echo(chosen.model_dump_json(indent=1))
+    else:
+        typer.echo(chosen.describe())
+        typer.echo(f"planned in {chosen.planning_seconds:.2f} s")
+
+
+def _print_comparison(
+    plans: dict[str, Plan], skipped: dict[str, str], bound: float, chosen: str, as_json: bool
+) -> None:
+    """Every planner's estimate: one JSON object, or a table sorted fastest first."""
+    if as_json:
+        payload: dict[str, object] = {name: plan.estimated_seconds for name, plan in plans.items()}
+        payload[LOWER_BOUND_KEY] = bound
+        if skipped:
+            payload["skipped"] = skipped
+        typer.echo(json.dumps(payload, indent=1))
+        return
+    reference = plans[chosen].estimated_seconds
+    table = Table("planner", "estimated s", f"{chosen} speedup", "planning s", "stages")
+    for name, result in sorted(plans.items(), key=lambda item: item[1].estimated_seconds):
+        table.add_row(name, f"{result.estimated_seconds:.1f}", f"{result.estimated_seconds / reference:.2f}x",
+                      f"{result.planning_seconds:.2f}", str(len(result.stages)))
+    for name in skipped:
+        table.add_row(name, "skipped", "-", "-", "-")
+    table.add_row(LOWER_BOUND_KEY, f"{bound:.1f}", "", "", "")
+    Console().print(table)
+    for name, reason in skipped.items():
+        typer.echo(f"{name} skipped: {reason}")

@@ -1,0 +1,156 @@
+"""What a multi-LLM application is: LLM nodes, their request sets, and which outputs feed which prompts.
+
+A node is one model answering one set of requests. An edge says that request i of the downstream node
+needs the output of request i of the upstream node (an ensemble's fuser reads every member's answer to
+prompt i; chunk k of a summary reads the summary of chunk k - 1). So a downstream request arrives when
+all its upstream requests have finished, and its prompt grows by their outputs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.errors import ConfigError
+
+
+class _Validated(BaseModel):
+    """Validation failures that are ConfigErrors surface as ConfigError, not pydantic's ValidationError."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Validate a dict; raise ConfigError on bad input."""
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        """Validate a JSON document; raise ConfigError on bad input."""
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    for error in exc.errors():
+        original = (error.get("ctx") or {}).get("error")
+        if isinstance(original, ConfigError):
+            return original
+    return ConfigError(f"invalid application graph: {exc}")
+
+
+class LLMNode(_Validated):
+    """One model answering one request set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    model: str = Field(description="Catalogue name, HF id or config path of the model.")
+    input_tokens: list[int] = Field(description="Prompt tokens of each request, before upstream outputs are added.")
+    max_tokens: int = Field(gt=0)
+    depends_on: list[str] = Field(default_factory=list, description="Upstream node names.")
+    include_upstream_outputs: bool = Field(True, description="Upstream outputs are appended to each prompt.")
+    output_lengths: OutputLengthDistribution | None = Field(
+        None, description="This node's output-length distribution; the model's (or ShareGPT) if not given."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LLMNode:
+        if not self.input_tokens:
+            raise ConfigError(f"node {self.name!r} has no requests: give at least one input length")
+        if min(self.input_tokens) < 1:
+            raise ConfigError(f"node {self.name!r}: every prompt needs at least 1 token")
+        return self
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.input_tokens)
+
+
+class AppGraph(_Validated):
+    """A multi-LLM application as a DAG of LLM nodes; JSON round-trip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    nodes: list[LLMNode]
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> AppGraph:
+        names = [node.name for node in self.nodes]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ConfigError(f"app {self.name!r}: node names must be unique, repeated: {sorted(duplicates)}")
+        known = set(names)
+        for node in self.nodes:
+            missing = [d for d in node.depends_on if d not in known]
+            if missing:
+                raise ConfigError(f"node {node.name!r} depends on unknown node(s) {missing}; known: {sorted(known)}")
+            for upstream in node.depends_on:
+                if self.node(upstream).num_requests != node.num_requests:
+                    raise ConfigError(
+                        f"node {node.name!r} ({node.num_requests} requests) depends on {upstream!r} "
+                        f"({self.node(upstream).num_requests} requests): request i reads upstream request i, "
+                        "so the counts must match"
+                    )
+        self.topological_order  # raises on a cycle
+        return self
+
+    def node(self, name: str) -> LLMNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"app {self.name!r} has no node {name!r}")
+
+    @cached_property
+    def topological_order(self) -> list[str]:
+        """Node names, every node after its upstream nodes (Kahn's algorithm, stable in declaration order)."""
+        remaining = {node.name: set(node.depends_on) for node in self.nodes}
+        order: list[str] = []
+        while remaining:
+            ready = [name for name, deps in remaining.items() if not deps]
+            if not ready:
+                raise ConfigError(f"app {self.name!r} has a dependency cycle among {sorted(remaining)}")
+            for name in ready:
+                order.append(name)
+                del remaining[name]
+            for deps in remaining.values():
+                deps.difference_update(ready)
+        return order
+
+    def downstream(self, name: str) -> list[str]:
+        return [node.name for node in self.nodes if name in node.depends_on]
+
+    def models(self) -> list[str]:
+        """Distinct models, in first-use order."""
+        return list(dict.fromkeys(node.model for node in self.nodes))
+
+    def input_tokens(self, name: str) -> np.ndarray:
+        return np.asarray(self.node(name).input_tokens, dtype=np.int64)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.model_dump_json(indent=1, exclude_none=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AppGraph:
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read app graph {path}: {exc}") from exc

@@ -1,0 +1,115 @@
+"""Everything one planning run shares: the sampled workload, the cluster, each model's options and curves.
+
+Built once per (app, cluster, output-length sample); the planners, the stage model and the faithful
+replay all read from it. Models that fit nowhere fail here, before any search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.graph.app_graph import AppGraph
+from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.curves import ModelCurves, model_curves
+from samullm_lc.planner.options import EngineOption, ModelEngines, build_model_engines
+from samullm_lc.planner.workload import Workload, sample_workload
+
+
+@dataclass(slots=True)
+class PlanningSettings:
+    """Switches of the plan space."""
+
+    allow_sharing: bool = True
+    allow_replicas: bool = True
+
+
+@dataclass(slots=True)
+class PlanningContext:
+    """The shared inputs of one planning run, with per-node arrays for the hot loops."""
+
+    app: AppGraph
+    cluster: Cluster
+    settings: PlanningSettings
+    workload: Workload
+    engines: dict[str, ModelEngines]
+    curves: dict[str, ModelCurves]
+    total_tokens: np.ndarray  # per node: tokens of its requests still to run when planning starts
+    flops_per_token: np.ndarray  # per node
+    node_model: list[str]
+    upstream: list[tuple[int, ...]]
+    stage_cache: dict[tuple, tuple[int, ...]] = field(default_factory=dict)  # memo of stages.stage_nodes
+    membership: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # models x nodes: 1 if the node's model
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_model)
+
+    @property
+    def models(self) -> list[str]:
+        return self.workload.models
+
+    def model_nodes(self, model: str) -> list[int]:
+        return self.workload.model_nodes[model]
+
+    def options(self, model: str) -> list[EngineOption]:
+        return self.curves[model].options
+
+    def model_work(self, remaining: np.ndarray) -> np.ndarray:
+        """Tokens left per model (in ``models`` order) given tokens left per node."""
+        return self.membership @ remaining
+
+
+def build_engines(
+    app: AppGraph,
+    cluster: Cluster,
+    *,
+    profiles: dict[str, EngineProfile] | None = None,
+    output_lengths: dict[str, OutputLengthDistribution] | None = None,
+    load_seconds: dict[str, dict[int, float]] | None = None,
+) -> dict[str, ModelEngines]:
+    """Cost models of every model of the app; DoesNotFitError for a model that fits nowhere."""
+    return {
+        model: build_model_engines(
+            model, cluster, profile=(profiles or {}).get(model), output_lengths=(output_lengths or {}).get(model),
+            load_overrides=(load_seconds or {}).get(model),
+        )
+        for model in app.models()
+    }
+
+
+def build_context(
+    app: AppGraph,
+    cluster: Cluster,
+    engines: dict[str, ModelEngines],
+    settings: PlanningSettings,
+    *,
+    seed: int = 0,
+    sample_index: int = 0,
+    finished: dict[str, np.ndarray] | None = None,
+    known_outputs: dict[str, dict[int, int]] | None = None,
+) -> PlanningContext:
+    """Sample the workload and set up lazy curves for every model."""
+    workload = sample_workload(
+        app, {m: e.sampling for m, e in engines.items()}, seed=seed, sample_index=sample_index,
+        finished=finished, known_outputs=known_outputs,
+    )
+    curves = {}
+    for model, model_engines in engines.items():
+        options = model_engines.options(
+            cluster.num_gpus, allow_replicas=settings.allow_replicas, allow_sharing=settings.allow_sharing
+        )
+        curves[model] = model_curves(workload, model_engines, options)
+    nodes = workload.nodes
+    membership = np.array([[1.0 if n.model == m else 0.0 for n in nodes] for m in workload.models])
+    return PlanningContext(
+        app=app, cluster=cluster, settings=settings, workload=workload, engines=engines, curves=curves,
+        total_tokens=np.array([n.remaining_tokens() for n in nodes], dtype=np.float64),
+        flops_per_token=np.array([n.flops_per_token for n in nodes], dtype=np.float64),
+        node_model=[n.model for n in nodes],
+        upstream=[n.upstream for n in nodes],
+        membership=membership,
+    )

@@ -1,0 +1,240 @@
+"""Progress curves: how fast each model's engine gets through work under each execution plan.
+
+Each (model, option) is simulated standalone: the model's requests all queued at time 0, spread
+round-robin over the replicas; one replica is simulated and stands for all of them, as a scale model
+(every k-th request on an engine with 1/k of the batch limits and KV cache, steps priced at k times
+their features; ``fit_curve``). From the run we fit a two-number curve used inside the search, where
+simulating every candidate stage would be far too slow:
+
+- ``tail``: the seconds from the last request's admission to the end of the run (the last batch drains);
+- ``rate``: tokens (prompt + output) per second the whole plan processes before that.
+
+A fresh engine needs ``w / rate + tail`` for ``w`` tokens of work; a running one ``w / rate +
+min(tail, w / rate)`` (part of its tail is behind it when little work is left). The chosen plan is
+always re-simulated faithfully (``replay``); the curves only rank candidates.
+
+Per model and GPU count only the fastest option is offered to the stage search (as in SamuLLM). Options
+are simulated lazily, the first time the search asks for a GPU count, and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from numpy.typing import ArrayLike
+
+from samullm_lc.costmodel.latency.base import IterationLatencyModel
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.costmodel.simulator import simulate
+from samullm_lc.planner.options import EngineOption, ModelEngines
+from samullm_lc.planner.workload import Workload
+
+MAX_SCALE = 8
+"""Largest factor a replica's engine and requests are shrunk by when fitting a curve (``fit_curve``)."""
+MIN_SCALED_REQUESTS = 128
+"""A scale model keeps at least this many requests."""
+BATCHES_SIMULATED = 6
+"""A longer share is cut to this many batches of the scale model (as many sequences as its batch limit and
+KV cache hold at the mean length); the rest is added at the fitted rate."""
+
+
+@dataclass(slots=True)
+class EngineCurve:
+    """Speed of one model under one option, fitted on its standalone simulation."""
+
+    option: EngineOption
+    rate: float  # tokens per second, all replicas together, while requests queue
+    tail: float  # seconds from the last admission to the end of the run
+    standalone_seconds: float
+    load_seconds: float
+
+    def remaining_seconds(self, tokens: float, *, fresh: bool = False) -> float:
+        """Seconds to finish ``tokens`` tokens of work; a ``fresh`` engine always pays a whole tail."""
+        bulk = tokens / self.rate
+        return bulk + (self.tail if fresh else min(self.tail, bulk))
+
+    def tokens_left(self, tokens: float, seconds: float, *, fresh: bool = False) -> float:
+        """Tokens still to do after running ``seconds`` seconds on ``tokens`` tokens of work."""
+        left = self.remaining_seconds(tokens, fresh=fresh) - seconds
+        if left <= 0.0:
+            return 0.0
+        if left >= 2.0 * self.tail:
+            return min(tokens, (left - self.tail) * self.rate)
+        return min(tokens, left * self.rate / 2.0)
+
+    def in_flight_tokens(self) -> float:
+        """Tokens of partly done requests in a busy engine: about half the work of a tail."""
+        return 0.5 * self.rate * self.tail
+
+
+class ScaledLatency:
+    """Prices a step of the scale model as the full engine's step with ``factor`` times its features."""
+
+    def __init__(self, inner: IterationLatencyModel, factor: int) -> None:
+        self.inner = inner
+        self.factor = factor
+        self.per_request_seconds = inner.per_request_seconds
+
+    def step_seconds(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_seqs: ArrayLike,
+        decode_seqs: ArrayLike,
+        decode_context_tokens: ArrayLike,
+        prefill_attention_pairs: ArrayLike,
+    ) -> np.ndarray:
+        """Seconds of the full engine's step that the scaled step stands for."""
+        k = self.factor
+        return self.inner.step_seconds(*(np.asarray(v) * k for v in (
+            prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs)))
+
+
+def scale_factor(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndarray) -> int:
+    """The largest power of two (at most ``MAX_SCALE``) the engine and request set can be shrunk by."""
+    longest = scheduler.blocks_for(int((prompt + output).max(initial=1)))
+    k = MAX_SCALE
+    while k > 1 and (prompt.size < MIN_SCALED_REQUESTS * k or scheduler.max_num_seqs < 16 * k
+                     or scheduler.max_num_batched_tokens < 1024 * k or scheduler.num_kv_blocks // k <= longest):
+        k //= 2
+    return k
+
+
+def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, output: np.ndarray) -> EngineCurve:
+    """Simulate one replica of ``option`` on its round-robin share of the requests and fit the curve.
+
+    The replica is simulated as a scale model: every k-th request, on an engine with 1/k of the batch
+    limits and KV blocks, each step priced as the full step with k times its features. It keeps the
+    batch dynamics (KV pressure, preemption, the tail) at a fraction of the cost. A share longer than
+    ``BATCHES_SIMULATED`` batches is subsampled and its remaining work added at the fitted rate.
+    """
+    prompt, output = prompt[:: option.replicas], output[:: option.replicas]
+    share = float((prompt + output).sum())
+    scheduler, latency = engines.scheduler(option), engines.latency(option)
+    k = scale_factor(scheduler, prompt, output)
+    if k > 1:
+        scheduler = scheduler.model_copy(update={
+            "max_num_seqs": scheduler.max_num_seqs // k,
+            "max_num_batched_tokens": scheduler.max_num_batched_tokens // k,
+            "num_kv_blocks": scheduler.num_kv_blocks // k,
+        })
+        latency, prompt, output = ScaledLatency(latency, k), prompt[::k], output[::k]
+    mean_length = float((prompt + output).mean()) if prompt.size else 1.0
+    batch = max(1, min(scheduler.max_num_seqs, int(scheduler.kv_capacity_tokens // mean_length)))
+    keep = max(MIN_SCALED_REQUESTS // 2, BATCHES_SIMULATED * batch)
+    if prompt.size > keep:
+        step = -(-prompt.size // keep)
+        prompt, output = prompt[::step], output[::step]
+    result = simulate(scheduler, latency, prompt, output)
+    seconds = max(result.total_seconds, 1e-9)
+    tail = min(max(0.0, seconds - float(np.nanmax(result.first_token_seconds))), 0.5 * seconds)
+    rate = k * float((prompt + output).sum()) / (seconds - tail)
+    return EngineCurve(option=option, rate=rate * option.replicas, tail=tail, standalone_seconds=share / rate + tail,
+                       load_seconds=engines.load(option))
+
+
+@dataclass(slots=True)
+class ModelCurves:
+    """The simulated options of one model (filled lazily) and the fastest option per GPU count."""
+
+    engines: ModelEngines
+    options: list[EngineOption]
+    prompt: np.ndarray
+    output: np.ndarray
+    curves: dict[EngineOption, EngineCurve] = field(default_factory=dict)
+    _best: dict[float, EngineCurve | None] = field(default_factory=dict)
+    _efficient: dict[float, EngineCurve] = field(default_factory=dict)
+    _counts: list[float] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.engines.model
+
+    @property
+    def total_tokens(self) -> float:
+        return float((self.prompt + self.output).sum())
+
+    def curve(self, option: EngineOption) -> EngineCurve:
+        """The curve of ``option``, simulated on first use."""
+        curve = self.curves.get(option)
+        if curve is None:
+            curve = self.curves[option] = fit_curve(option, self.engines, self.prompt, self.output)
+        return curve
+
+    def gpu_counts(self) -> list[float]:
+        """GPU counts some option of this model occupies, fewest first."""
+        if not self._counts:
+            self._counts = sorted({option.num_gpus for option in self.options})
+        return self._counts
+
+    def best(self, gpus: float) -> EngineCurve | None:
+        """The fastest option occupying exactly ``gpus`` GPUs, or None if there is none."""
+        if gpus not in self._best:
+            candidates = [self.curve(o) for o in self.options if o.num_gpus == gpus]
+            self._best[gpus] = min(candidates, key=lambda c: c.standalone_seconds) if candidates else None
+        return self._best[gpus]
+
+    def best_up_to(self, gpus: float) -> list[EngineCurve]:
+        """The fastest option per GPU count up to ``gpus``, dropping counts no faster than a smaller one.
+
+        Simulates every option up to ``gpus``; the search uses the lazier methods below.
+        """
+        kept: list[EngineCurve] = []
+        for count in self.gpu_counts():
+            if count > gpus:
+                break
+            curve = self.best(count)
+            if curve is not None and (not kept or curve.standalone_seconds < kept[-1].standalone_seconds
+                                      or curve.option.shared):
+                kept.append(curve)
+        return kept
+
+    def smallest(self, *, whole: bool = False) -> EngineCurve:
+        """The fastest option on the fewest GPUs (on at least one whole GPU if ``whole``)."""
+        counts = [g for g in self.gpu_counts() if g >= 1.0 or not whole]
+        curve = self.best(counts[0])
+        assert curve is not None
+        return curve
+
+    def next_faster(self, curve: EngineCurve, spare: float) -> EngineCurve | None:
+        """The option on the fewest extra GPUs (at most ``spare``) that is faster than ``curve``."""
+        for count in self.gpu_counts():
+            if curve.option.num_gpus < count <= curve.option.num_gpus + spare:
+                bigger = self.best(count)
+                if bigger is not None and bigger.standalone_seconds < curve.standalone_seconds:
+                    return bigger
+        return None
+
+    def efficient(self, gpus: float) -> EngineCurve:
+        """The option with the fewest GPU-seconds on at most ``gpus`` GPUs, walking up from the smallest.
+
+        Usually the smallest; larger when more GPUs speed the model up more than proportionally (a model
+        whose smallest plan leaves almost no KV cache).
+        """
+        if gpus not in self._efficient:
+            curve = self.smallest()
+            while True:
+                bigger = self.next_faster(curve, gpus - curve.option.num_gpus)
+                if bigger is None or bigger.option.num_gpus * bigger.standalone_seconds >= (
+                        curve.option.num_gpus * curve.standalone_seconds):
+                    break
+                curve = bigger
+            self._efficient[gpus] = curve
+        return self._efficient[gpus]
+
+    def known(self) -> list[EngineCurve]:
+        """The options simulated so far (at least the smallest)."""
+        if not self.curves:
+            self.smallest()
+        return list(self.curves.values())
+
+
+def model_curves(workload: Workload, engines: ModelEngines, options: list[EngineOption]) -> ModelCurves:
+    """The (lazy) curves of one model over all its unfinished requests, in FCFS (topological) order."""
+    nodes = [workload.nodes[i] for i in workload.model_nodes[engines.model]]
+    prompt = np.concatenate([n.prompt[~n.done] for n in nodes])
+    output = np.concatenate([n.output[~n.done] for n in nodes])
+    if prompt.size == 0:
+        prompt, output = np.ones(1, np.int64), np.ones(1, np.int64)
+    return ModelCurves(engines=engines, options=options, prompt=prompt, output=output)

@@ -1,0 +1,270 @@
+"""The ways one model can run on the cluster: tensor-parallel degree x data-parallel replicas, or half a GPU.
+
+For every model the planner checks memory at each tensor-parallel degree with vLLM's accounting
+(``memory.gpu_scheduler_config``: weights / TP, the activation reserve and a minimum KV cache must fit
+each GPU) and builds a ``CostModel`` for a degree the first time an option needs it (the analytic GPU
+latency model, or a measured profile of that degree). A model that fits at no degree raises
+``DoesNotFitError`` naming the model and the memory it needs.
+
+GPU sharing (beyond the paper, which forbids it): a small model may take half of one GPU's memory
+(``memory_fraction`` 0.5) so two of them run on one GPU. Both engines then time-slice the GPU; we assume
+each step takes ``SHARED_GPU_SLOWDOWN`` times as long as on a GPU of its own (decode steps of a large
+batch are bound by memory bandwidth, which the two engines split; the slack of kernel launches and CPU
+scheduling gives a little back). This is an assumption, not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from samullm_lc.costmodel.architecture import ModelArchitecture, resolve_architecture
+from samullm_lc.costmodel.estimator import CostModel
+from samullm_lc.costmodel.latency.base import IterationLatencyModel
+from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.costmodel.load import analytic_load_seconds
+from samullm_lc.costmodel.memory import gpu_scheduler_config
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.errors import ConfigError, DoesNotFitError
+from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.workload import ModelSampling
+
+SHARED_MEMORY_FRACTION = 0.5
+SHARED_GPU_SLOWDOWN = 1.8
+SHARED_MAX_WEIGHT_SHARE = 0.25
+"""Only models whose weights take at most this share of one GPU's memory are offered half a GPU."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EngineOption:
+    """One execution plan shape: ``replicas`` engines of ``tp`` GPUs each, or one engine on half a GPU."""
+
+    tp: int = 1
+    replicas: int = 1
+    shared: bool = False
+    num_gpus: float = field(init=False, compare=False, repr=False)  # GPUs occupied (0.5 for a shared engine)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_gpus", 0.5 if self.shared else float(self.tp * self.replicas))
+
+    @property
+    def memory_fraction(self) -> float:
+        return SHARED_MEMORY_FRACTION if self.shared else 1.0
+
+    def label(self) -> str:
+        if self.shared:
+            return "TP1 @50% of one GPU"
+        return f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
+
+
+class SlowedLatency:
+    """A step-latency model whose steps take ``factor`` times as long (an engine sharing its GPU)."""
+
+    def __init__(self, inner: IterationLatencyModel, factor: float) -> None:
+        self.inner = inner
+        self.factor = factor
+        self.per_request_seconds = inner.per_request_seconds
+
+    def step_seconds(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_seqs: ArrayLike,
+        decode_seqs: ArrayLike,
+        decode_context_tokens: ArrayLike,
+        prefill_attention_pairs: ArrayLike,
+    ) -> np.ndarray:
+        """The inner model's seconds times the slowdown factor."""
+        seconds = self.inner.step_seconds(
+            prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs
+        )
+        return np.asarray(seconds, dtype=np.float64) * self.factor
+
+
+class CachedLatency:
+    """The wrapped step latency, answered from a cache when only the context and attention terms vary.
+
+    Both latency models of the package are linear in the decode context and the prefill attention pairs
+    once the token and sequence counts are fixed; the wrapper checks that on probe steps, caches the rest
+    per (prefill tokens, prefill sequences, decode sequences), and otherwise defers to the wrapped model.
+    The simulator prices steps one by one whenever the clock matters (a plan's replay), which this speeds
+    up several times.
+    """
+
+    _PROBE = (64, 1, 8)
+
+    def __init__(self, inner: IterationLatencyModel) -> None:
+        self.inner = inner
+        self.per_request_seconds = inner.per_request_seconds
+        self._base: dict[tuple[int, int, int], float] = {}
+        a, b, c = self._PROBE
+        zero = self._call(a, b, c, 0.0, 0.0)
+        self._context = (self._call(a, b, c, 1000.0, 0.0) - zero) / 1000.0
+        self._pairs = (self._call(a, b, c, 0.0, 1000.0) - zero) / 1000.0
+        self.linear = all(
+            abs(self._call(p, q, r, x, y) - (self._call(p, q, r, 0.0, 0.0) + self._pairs * y + self._context * x))
+            <= 1e-9 * max(1e-6, self._call(p, q, r, x, y))
+            for p, q, r, x, y in ((512, 2, 100, 3e4, 1e5), (0, 0, 256, 1.2e5, 0.0), (2048, 1, 0, 0.0, 2e6))
+        )
+
+    def _call(self, p: float, q: float, r: float, x: float, y: float) -> float:
+        return float(np.asarray(self.inner.step_seconds(p, q, r, x, y)))
+
+    def step_seconds(
+        self,
+        prefill_tokens: ArrayLike,
+        prefill_seqs: ArrayLike,
+        decode_seqs: ArrayLike,
+        decode_context_tokens: ArrayLike,
+        prefill_attention_pairs: ArrayLike,
+    ) -> np.ndarray:
+        """Seconds each step takes, as the wrapped model gives them."""
+        counts = (prefill_tokens, prefill_seqs, decode_seqs)
+        if not self.linear or any(np.ndim(v) for v in counts):
+            return self.inner.step_seconds(prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens,
+                                           prefill_attention_pairs)
+        key = (int(prefill_tokens), int(prefill_seqs), int(decode_seqs))
+        base = self._base.get(key)
+        if base is None:
+            base = self._base[key] = self._call(*key, 0.0, 0.0)
+        if np.ndim(decode_context_tokens) == 0 and np.ndim(prefill_attention_pairs) == 0:
+            if base == 0.0:
+                return np.float64(0.0)
+            return np.float64(base + self._pairs * float(prefill_attention_pairs)
+                              + self._context * float(decode_context_tokens))
+        seconds = (base + self._pairs * np.asarray(prefill_attention_pairs, dtype=np.float64)
+                   + self._context * np.asarray(decode_context_tokens, dtype=np.float64))
+        return seconds if base else np.zeros_like(seconds)
+
+
+@dataclass(slots=True)
+class ModelEngines:
+    """Everything the planner needs to run one model with any of its options."""
+
+    model: str
+    cluster: Cluster
+    architecture: ModelArchitecture
+    schedulers: dict[int, SchedulerConfig]  # per feasible TP degree
+    shared_scheduler: SchedulerConfig | None
+    load_seconds: dict[int, float]
+    sampling: ModelSampling
+    profile: EngineProfile | None = None
+    output_lengths: OutputLengthDistribution | None = None
+    _cost_models: dict[int, CostModel] = field(default_factory=dict)
+    _latencies: dict[int, CachedLatency] = field(default_factory=dict)
+
+    @property
+    def tps(self) -> tuple[int, ...]:
+        return tuple(sorted(self.schedulers))
+
+    def cost_model(self, tp: int) -> CostModel:
+        """The cost model of one replica at degree ``tp`` (built on first use)."""
+        if tp not in self._cost_models:
+            profile = self.profile if self.profile is not None and self.profile.tensor_parallel_size == tp else None
+            self._cost_models[tp] = CostModel(
+                self.architecture if profile is None else self.model, self.cluster.spec, tp, profile=profile,
+                output_lengths=self.output_lengths, topology=self.cluster.topology, scheduler=self.schedulers[tp],
+            )
+        return self._cost_models[tp]
+
+    def scheduler(self, option: EngineOption) -> SchedulerConfig:
+        """The engine limits of one replica under this option."""
+        if option.shared:
+            if self.shared_scheduler is None:
+                raise DoesNotFitError(f"model {self.model} cannot take half a GPU of {self.cluster.hardware}")
+            return self.shared_scheduler
+        return self.schedulers[option.tp]
+
+    def latency(self, option: EngineOption) -> IterationLatencyModel:
+        """The step latency of one replica under this option (one cached wrapper per degree)."""
+        if option.tp not in self._latencies:
+            self._latencies[option.tp] = CachedLatency(self.cost_model(option.tp).latency)
+        latency = self._latencies[option.tp]
+        return SlowedLatency(latency, SHARED_GPU_SLOWDOWN) if option.shared else latency
+
+    def load(self, option: EngineOption) -> float:
+        """Seconds to start the engines of this option (replicas load in parallel)."""
+        return self.load_seconds[option.tp]
+
+    def options(self, num_gpus: int, *, allow_replicas: bool, allow_sharing: bool) -> list[EngineOption]:
+        """Every option that fits ``num_gpus`` GPUs."""
+        options = []
+        for tp in self.tps:
+            max_replicas = num_gpus // tp if allow_replicas else min(1, num_gpus // tp)
+            options.extend(EngineOption(tp, replicas) for replicas in range(1, max_replicas + 1))
+        small = self.architecture.weight_bytes <= SHARED_MAX_WEIGHT_SHARE * self.cluster.spec.memory_bytes
+        if allow_sharing and small and self.shared_scheduler is not None:
+            options.append(EngineOption(1, 1, shared=True))
+        return options
+
+
+def build_model_engines(
+    model: str,
+    cluster: Cluster,
+    *,
+    profile: EngineProfile | None = None,
+    output_lengths: OutputLengthDistribution | None = None,
+    load_overrides: dict[int, float] | None = None,
+) -> ModelEngines:
+    """The feasible tensor-parallel degrees of ``model`` on ``cluster``; DoesNotFitError if there is none."""
+    hardware = cluster.spec
+    if hardware.kind == "cpu":
+        schedulers, loads, architecture = _profiled(model, cluster, profile)
+    else:
+        architecture = profile.architecture if profile is not None else resolve_architecture(model)
+        schedulers, loads = _analytic(architecture, cluster)
+        if profile is not None and profile.hardware == hardware.name and profile.tensor_parallel_size in schedulers:
+            schedulers[profile.tensor_parallel_size] = profile.scheduler
+            loads[profile.tensor_parallel_size] = profile.load_seconds
+    shared = None
+    if hardware.kind == "gpu":
+        try:
+            shared = gpu_scheduler_config(architecture, hardware, 1, memory_fraction=SHARED_MEMORY_FRACTION)
+        except DoesNotFitError:
+            shared = None
+    loads.update({tp: s for tp, s in (load_overrides or {}).items() if tp in loads})
+    lengths = output_lengths or (profile.output_lengths if profile is not None else None)
+    max_model_len = min(s.max_model_len for s in schedulers.values())
+    sampling = ModelSampling(
+        max_model_len=max_model_len,
+        flops_per_token=architecture.linear_flops_per_token,
+        output_lengths=lengths or OutputLengthDistribution.sharegpt(),
+    )
+    return ModelEngines(
+        model=model, cluster=cluster, architecture=architecture, schedulers=schedulers, shared_scheduler=shared,
+        load_seconds=loads, sampling=sampling, profile=profile, output_lengths=output_lengths,
+    )
+
+
+def _analytic(architecture: ModelArchitecture, cluster: Cluster) -> tuple[dict[int, SchedulerConfig], dict[int, float]]:
+    """Engine limits and load times at every degree where the model fits; the last DoesNotFitError if none."""
+    schedulers: dict[int, SchedulerConfig] = {}
+    failure: DoesNotFitError | None = None
+    for tp in cluster.tp_degrees():
+        if architecture.intermediate_size % tp or architecture.num_attention_heads % tp:
+            continue
+        try:
+            schedulers[tp] = gpu_scheduler_config(architecture, cluster.spec, tp)
+        except DoesNotFitError as exc:
+            failure = exc
+    if not schedulers:
+        if failure is None:
+            raise ConfigError(
+                f"model {architecture.name}: no tensor-parallel degree in {cluster.tp_degrees()} divides its "
+                f"attention heads and MLP width; use a cluster with other GPU counts"
+            )
+        raise DoesNotFitError(f"{failure} (cluster {cluster})")
+    loads = {tp: analytic_load_seconds(architecture, cluster.spec, tp) for tp in schedulers}
+    return schedulers, loads
+
+
+def _profiled(model: str, cluster: Cluster, profile: EngineProfile | None
+              ) -> tuple[dict[int, SchedulerConfig], dict[int, float], ModelArchitecture]:
+    """A measured engine profile stands for the model at its degree (the CPU engine has no other source)."""
+    cost_model = CostModel(model, cluster.spec, profile.tensor_parallel_size if profile else 1, profile=profile)
+    tp = cost_model.tp
+    if tp not in cluster.tp_degrees():
+        raise ConfigError(f"the profile of {model} has TP={tp}, impossible on {cluster}; profile TP 1 instead")
+    return {tp: cost_model.scheduler}, {tp: cost_model.load_seconds}, cost_model.architecture

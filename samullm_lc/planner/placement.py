@@ -1,0 +1,108 @@
+"""Which GPUs each engine of a stage gets.
+
+A replica of tensor-parallel degree ``tp`` takes one of the aligned blocks ``Cluster.tp_groups(tp)``, so
+a TP group never spans GPUs the topology does not connect the way the latency model assumes. A shared
+engine takes half of one GPU (two shared engines per GPU at most). Engines that keep their plan from the
+previous stage keep their GPUs, so they keep running without a reload; the others are placed largest
+first, each block where it fragments the free GPUs least. If the kept engines leave no room, everything
+is placed afresh (the engines that move then restart, like any changed plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.options import EngineOption
+
+_HALVES = 2  # a GPU is two halves of memory: a whole engine takes both, a shared engine one
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Assignment:
+    """One engine of a stage: a model, its option, and its GPUs (replica r: gpus[r*tp:(r+1)*tp])."""
+
+    model: str
+    option: EngineOption
+    gpus: tuple[int, ...]
+
+
+def place(
+    wanted: list[tuple[str, EngineOption]], cluster: Cluster, previous: dict[str, Assignment]
+) -> tuple[Assignment, ...] | None:
+    """GPUs for every (model, option), keeping previous placements where the option is unchanged; None if no fit."""
+    placed = _place(wanted, cluster, previous)
+    if placed is None and previous:
+        placed = _place(wanted, cluster, {})
+    return placed
+
+
+def _place(
+    wanted: list[tuple[str, EngineOption]], cluster: Cluster, previous: dict[str, Assignment]
+) -> tuple[Assignment, ...] | None:
+    free = [_HALVES] * cluster.num_gpus
+    out: list[Assignment] = []
+    fresh: list[tuple[str, EngineOption]] = []
+    for model, option in wanted:
+        before = previous.get(model)
+        if before is not None and before.option == option and _fits(free, before.gpus, option.shared):
+            _take(free, before.gpus, option.shared)
+            out.append(before)
+        else:
+            fresh.append((model, option))
+    fresh.sort(key=lambda item: (item[1].shared, -item[1].tp, -item[1].replicas, item[0]))
+    for model, option in fresh:
+        gpus = _find(free, cluster, option)
+        if gpus is None:
+            return None
+        out.append(Assignment(model, option, gpus))
+    return tuple(sorted(out))
+
+
+def _fits(free: list[int], gpus: tuple[int, ...], shared: bool) -> bool:
+    need = 1 if shared else _HALVES
+    return all(free[g] >= need for g in gpus)
+
+
+def _take(free: list[int], gpus: tuple[int, ...], shared: bool) -> None:
+    for g in gpus:
+        free[g] -= 1 if shared else _HALVES
+
+
+def _find(free: list[int], cluster: Cluster, option: EngineOption) -> tuple[int, ...] | None:
+    """Blocks for every replica of ``option`` (taken from ``free``), or None."""
+    if option.shared:
+        half_used = [g for g, f in enumerate(free) if f == 1]
+        empty = [g for g, f in enumerate(free) if f == _HALVES]
+        choice = (half_used or sorted(empty, key=lambda g: (_free_nearby(free, cluster, g, 1), g)))[:1]
+        if not choice:
+            return None
+        _take(free, tuple(choice), True)
+        return tuple(choice)
+    gpus: list[int] = []
+    for _ in range(option.replicas):
+        blocks = [b for b in _blocks(cluster, option.tp) if all(free[g] == _HALVES for g in b)]
+        if not blocks:
+            return None
+        block = min(blocks, key=lambda b: (_free_nearby(free, cluster, b[0], len(b)), b))
+        _take(free, block, False)
+        gpus.extend(block)
+    return tuple(gpus)
+
+
+@lru_cache(maxsize=256)
+def _blocks(cluster: Cluster, tp: int) -> list[tuple[int, ...]]:
+    return cluster.tp_groups(tp)
+
+
+@lru_cache(maxsize=64)
+def _node_size(cluster: Cluster) -> int:
+    return cluster.devices_per_node
+
+
+def _free_nearby(free: list[int], cluster: Cluster, start: int, size: int) -> int:
+    """Free GPUs in the aligned block of twice ``size`` around ``start``: fewer means less fragmentation."""
+    span = min(2 * size, _node_size(cluster))
+    first = start - start % span
+    return sum(1 for g in range(first, min(first + span, cluster.num_gpus)) if free[g] == _HALVES)

@@ -1,0 +1,96 @@
+"""A plan: a sequence of stages, each naming the models that run concurrently and how each one runs.
+
+``ExecutionPlan`` is one model's plan inside a stage (tensor-parallel degree, data-parallel replicas, the
+GPUs, and the share of their memory when engines share GPUs). A stage ends when its first node finishes;
+unfinished nodes carry their progress into the next stage. Everything is a pydantic model with JSON
+round-trip, and ``Plan.describe()`` prints it for a person.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from samullm_lc.errors import ConfigError
+
+
+class ExecutionPlan(BaseModel):
+    """How one model runs: tensor-parallel degree x data-parallel replicas on the listed GPUs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    tp: int = Field(1, ge=1, description="Tensor-parallel degree of each replica.")
+    replicas: int = Field(1, ge=1, description="Data-parallel replicas, each an engine of `tp` GPUs.")
+    gpus: tuple[int, ...] = Field(description="GPU indices: replica r uses gpus[r*tp:(r+1)*tp].")
+    memory_fraction: float = Field(1.0, gt=0, le=1, description="Share of each GPU's memory (below 1 when shared).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExecutionPlan:
+        if len(self.gpus) != self.tp * self.replicas:
+            raise ConfigError(
+                f"plan for {self.model}: {len(self.gpus)} GPUs listed for tp={self.tp} x replicas={self.replicas}"
+            )
+        if len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError(f"plan for {self.model}: a GPU is listed twice in {self.gpus}")
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.gpus)
+
+    def short(self) -> str:
+        parallel = f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
+        share = f" @{self.memory_fraction:.0%} mem" if self.memory_fraction < 1 else ""
+        return f"{self.model} {parallel} on GPUs {list(self.gpus)}{share}"
+
+
+class StageEntry(BaseModel):
+    """One engine of a stage: the nodes it serves (several when vertically fused) and its plan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[str]
+    plan: ExecutionPlan
+    load_seconds: float = Field(0.0, ge=0, description="Charged at the stage start when the engine (re)starts.")
+    finished_nodes: list[str] = Field(default_factory=list, description="Nodes whose last request ends in this stage.")
+    requests_done: dict[str, int] = Field(default_factory=dict, description="Per node, requests finished by stage end.")
+
+
+class Stage(BaseModel):
+    """Models that run at the same time, from ``start_seconds`` until the first of them finishes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_seconds: float = Field(ge=0)
+    end_seconds: float = Field(ge=0)
+    entries: list[StageEntry]
+
+
+class Plan(BaseModel):
+    """A whole application's plan and its estimated end-to-end time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str
+    cluster: str
+    planner: str
+    stages: list[Stage]
+    estimated_seconds: float = Field(description="End-to-end time, model loads included.")
+    estimated_seconds_spread: tuple[float, float] | None = Field(
+        None, description="(min, max) over output-length samples, when the plan was evaluated on several."
+    )
+    planning_seconds: float = 0.0
+
+    def describe(self) -> str:
+        """The plan as a person reads it: one block per stage."""
+        lines = [f"{self.app} on {self.cluster} [{self.planner}]: {self.estimated_seconds:.1f} s estimated"]
+        if self.estimated_seconds_spread:
+            low, high = self.estimated_seconds_spread
+            lines[0] += f" ({low:.1f}-{high:.1f} s over output-length samples)"
+        for index, stage in enumerate(self.stages):
+            lines.append(f"  stage {index}: {stage.start_seconds:.1f}-{stage.end_seconds:.1f} s")
+            for entry in stage.entries:
+                finished = f"; finishes {', '.join(entry.finished_nodes)}" if entry.finished_nodes else ""
+                load = f" (+{entry.load_seconds:.1f} s load)" if entry.load_seconds else ""
+                lines.append(f"    {', '.join(entry.nodes)}: {entry.plan.short()}{load}{finished}")
+        return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""`samullm plan`: the plan as JSON, every planner side by side, the Gantt chart, errors that name the fix."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from samullm_lc.cli.main import app
+from samullm_lc.graph.app_graph import AppGraph, LLMNode
+from samullm_lc.planner.plan import Plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANNER_NAMES = ("greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like")
+
+runner = CliRunner()
+
+
+def _router_app(n: int) -> AppGraph:
+    spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.router_app(n, 0)
+
+
+@pytest.fixture(scope="module")
+def small_app(tmp_path_factory) -> Path:
+    """The router app at 40 prompts: five models of 7B-70B, small enough to plan in a blink."""
+    return _router_app(40).save(tmp_path_factory.mktemp("apps") / "router-n40.json")
+
+
+def plan_args(path: Path, *extra: str) -> list[str]:
+    return ["plan", str(path), "--cluster", "8xA100-80GB", *extra]
+
+
+def test_help_names_every_planner_and_the_lower_bound_key():
+    result = runner.invoke(app, ["plan", "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+    text = " ".join(result.output.split())
+    for name in PLANNER_NAMES:
+        assert name in text
+    assert "lower_bound" in text
+
+
+def test_json_prints_the_plan_with_estimated_seconds(small_app):
+    result = runner.invoke(app, plan_args(small_app, "--json"))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["estimated_seconds"] > 0
+    plan = Plan.model_validate(payload)
+    assert plan.planner == "search" and plan.stages
+    served = {node for stage in plan.stages for entry in stage.entries for node in entry.nodes}
+    assert served == {node.name for node in AppGraph.load(small_app).nodes}
+
+
+def test_text_mode_describes_the_plan(small_app):
+    result = runner.invoke(app, plan_args(small_app, "--planner", "sequential", "--topology", "nvlink-pairs"))
+    assert result.exit_code == 0, result.output
+    assert "router" in result.stdout and "stage 0" in result.stdout and "[sequential]" in result.stdout
+
+
+def test_compare_json_has_every_planner_and_the_lower_bound(small_app):
+    result = runner.invoke(app, plan_args(small_app, "--compare", "--json"))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    skipped = payload.pop("skipped", {})
+    bound = payload.pop("lower_bound")
+    assert set(payload) == set(PLANNER_NAMES) - {"exhaustive"}
+    assert "exhaustive" in skipped and "5 models" in skipped["exhaustive"]
+    assert all(seconds >= bound * (1 - 1e-6) for seconds in payload.values())
+
+
+def test_compare_runs_exhaustive_on_a_small_instance(tmp_path):
+    tiny = AppGraph(name="tiny", nodes=[
+        LLMNode(name="a", model="Mistral-7B-Instruct-v0.2", input_tokens=[200] * 30, max_tokens=128),
+        LLMNode(name="b", model="vicuna-13b-v1.5", input_tokens=[300] * 30, max_tokens=128, depends_on=["a"]),
+    ])
+    result = runner.invoke(app, ["plan", str(tiny.save(tmp_path / "tiny.json")), "--cluster", "2xA100-80GB",
+                                 "--compare", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert "skipped" not in payload
+    assert set(payload) == set(PLANNER_NAMES) | {"lower_bound"}
+
+
+def test_compare_text_prints_a_table(small_app):
+    result = runner.invoke(app, plan_args(small_app, "--compare", "--planner", "greedy"))
+    assert result.exit_code == 0, result.output
+    for name in ("greedy", "sequential", "lower_bound"):
+        assert name in result.stdout
+
+
+def test_gantt_writes_a_png(small_app, tmp_path):
+    chart = tmp_path / "plan.png"
+    result = runner.invoke(app, plan_args(small_app, "--gantt", str(chart)))
+    assert result.exit_code == 0, result.output
+    assert chart.read_bytes().startswith(b"\x89PNG") and chart.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--planner", "magic"], ["magic", "sequential"]),
+        (["--topology", "torus"], ["torus", "nvlink-pairs"]),
+    ],
+)
+def test_bad_options_exit_2_and_name_the_choices(small_app, extra, expected):
+    result = runner.invoke(app, plan_args(small_app, *extra))
+    assert result.exit_code == 2
+    for word in expected:
+        assert word in result.output
+
+
+@pytest.mark.parametrize(("spec", "expected"), [("8xB9000", "B9000"), ("eight A100s", "COUNTxHARDWARE")])
+def test_a_bad_cluster_spec_exits_2(small_app, spec, expected):
+    result = runner.invoke(app, ["plan", str(small_app), "--cluster", spec])
+    assert result.exit_code == 2
+    assert expected in result.output
+
+
+def test_a_missing_app_file_exits_2_and_points_at_the_examples(tmp_path):
+    result = runner.invoke(app, plan_args(tmp_path / "nope.json"))
+    assert result.exit_code == 2
+    assert "nope.json" in result.output and "examples/apps" in result.output
+
+
+def test_a_malformed_app_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "bad", "nodes": [{"name": "a"}]}))
+    result = runner.invoke(app, plan_args(bad))
+    assert result.exit_code == 2
+    assert "bad.json" in result.output and "AppGraph" in result.output
+
+
+def test_a_model_that_fits_nowhere_is_named_with_the_memory_it_needs(tmp_path):
+    huge = AppGraph(name="huge", nodes=[LLMNode(name="big", model="Llama-2-70b-hf", input_tokens=[100] * 4,
+                                                max_tokens=64)])
+    path = huge.save(tmp_path / "huge.json")
+    result = runner.invoke(app, ["plan", str(path), "--cluster", "1xL40S"])
+    assert result.exit_code == 2
+    assert "Llama-2-70b-hf" in result.output and "GiB" in result.output
+
+
+def test_an_unwritable_gantt_path_exits_2(small_app, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(app, plan_args(small_app, "--planner", "sequential", "--gantt", str(blocker / "plan.png")))
+    assert result.exit_code == 2
+    assert "gantt" in result.output and "plan.png" in result.output

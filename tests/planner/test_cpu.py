@@ -1,0 +1,42 @@
+"""Planning on the CPU engine's slots, with measured profiles standing in for the analytic model."""
+
+from __future__ import annotations
+
+import pytest
+
+from samullm_lc.costmodel.architecture import resolve_architecture
+from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.errors import ProfileError
+from samullm_lc.planner import Cluster, evaluate_plan, plan_app
+from tests.planner.conftest import make_app
+
+
+def _profile(name: str, seconds_per_step: float) -> EngineProfile:
+    return EngineProfile(
+        model=name,
+        architecture=resolve_architecture("phi-2").model_copy(update={"name": name}),
+        hardware="cpu",
+        scheduler=SchedulerConfig(max_num_seqs=16, max_num_batched_tokens=2048, num_kv_blocks=512,
+                                  max_model_len=1024),
+        latency=LinearLatencyModel(intercept_seconds=seconds_per_step,
+                                   coefficients={"prefill_tokens": 2e-5, "decode_seqs": 1e-3}),
+        fit=FitQuality(num_steps=100, r2=0.99, median_relative_error=0.02, total_relative_error=0.0),
+        load_seconds=4.0,
+    )
+
+
+def test_plans_on_cpu_slots_with_profiles():
+    app = make_app("cpu", [("a", "tiny-a", []), ("b", "tiny-b", ["a"])], requests=24, prompt=50, output=30)
+    cluster = Cluster.parse("2xcpu")
+    profiles = {"tiny-a": _profile("tiny-a", 0.02), "tiny-b": _profile("tiny-b", 0.03)}
+    plan = plan_app(app, cluster, profiles=profiles)
+    assert all(e.plan.tp == 1 and e.plan.memory_fraction == 1.0 for s in plan.stages for e in s.entries)
+    assert evaluate_plan(app, cluster, plan, profiles=profiles) == pytest.approx(plan.estimated_seconds)
+
+
+def test_cpu_without_profile_asks_for_one():
+    app = make_app("cpu", [("a", "tiny-a", [])], requests=4)
+    with pytest.raises(ProfileError, match="samullm profile"):
+        plan_app(app, Cluster.parse("1xcpu"))
