@@ -10,50 +10,16 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
 
 
-class _Validated(BaseModel):
-    """Validation failures that are ConfigErrors surface as ConfigError, not pydantic's ValidationError."""
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-
-    @classmethod
-    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Validate a dict; raise ConfigError on bad input."""
-        try:
-            return super().model_validate(obj, *args, **kwargs)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-
-    @classmethod
-    def model_validate_json(cls, json_data: str | bytes, *args: Any, **kwargs: Any) -> Any:
-        """Validate a JSON document; raise ConfigError on bad input."""
-        try:
-            return super().model_validate_json(json_data, *args, **kwargs)
-        except ValidationError as exc:
-            raise _config_error(exc) from None
-
-
-def _config_error(exc: ValidationError) -> ConfigError:
-    for error in exc.errors():
-        original = (error.get("ctx") or {}).get("error")
-        if isinstance(original, ConfigError):
-            return original
-    return ConfigError(f"invalid application graph: {exc}")
-
-
-class LLMNode(_Validated):
+class LLMNode(ValidatedModel):
     """One model answering one request set."""
 
     model_config = ConfigDict(extra="forbid")
@@ -81,7 +47,7 @@ class LLMNode(_Validated):
         return len(self.input_tokens)
 
 
-class AppGraph(_Validated):
+class AppGraph(ValidatedModel):
     """A multi-LLM application as a DAG of LLM nodes; JSON round-trip."""
 
     model_config = ConfigDict(extra="forbid")

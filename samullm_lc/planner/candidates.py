@@ -177,7 +177,6 @@ def _fill(ctx: PlanningContext, state: StageState, kept: list[tuple[str, EngineO
         if used + start.option.num_gpus <= ctx.cluster.num_gpus:
             level[model] = start
             used += start.option.num_gpus
-    fixed = {m: ctx.curves[m].curve(o) for m, o in kept}
     _spread(ctx, state, level, fixed=set(), budget=ctx.cluster.num_gpus - sum(o.num_gpus for _, o in kept))
     return [*kept, *((m, c.option) for m, c in level.items())] if level or kept else None
 
