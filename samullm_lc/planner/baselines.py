@@ -108,14 +108,20 @@ class AllAtOncePolicy(_StaticPolicy):
     """Every runnable model at once, GPUs in proportion to work (each at least its smallest whole-GPU plan)."""
 
     def _allocate(self, state: StageState, waiting: list[str], free: float) -> list[tuple[str, EngineOption]]:
+        """Largest work first: each model's share of the free GPUs is its share of the work."""
         work = {m: self._work(state, m) for m in waiting}
+        total = sum(work.values()) or 1.0
         picked: dict[str, EngineOption] = {}
         used = 0.0
         for model in sorted(waiting, key=lambda m: -work[m]):
-            option = self._smallest(state, model, shared=False)
-            if used + option.num_gpus <= free:
-                picked[model] = option
-                used += option.num_gpus
+            curves = self.ctx.curves[model]
+            curve = curves.curve(self._smallest(state, model, shared=False))
+            target = min(free - used, max(curve.option.num_gpus, free * work[model] / total))
+            while (bigger := curves.next_faster(curve, target - curve.option.num_gpus)) is not None:
+                curve = bigger
+            if used + curve.option.num_gpus <= free:
+                picked[model] = curve.option
+                used += curve.option.num_gpus
         self._grow(picked, free - used, work)
         return list(picked.items())
 

@@ -163,13 +163,14 @@ def _balanced(ctx: PlanningContext, state: StageState, models: list[str], *, kee
             level[model] = ctx.curves[model].smallest()
     if sum(c.option.num_gpus for c in level.values()) > ctx.cluster.num_gpus:
         return None
-    _spread(ctx, state, level, fixed=set(level) if keep else set())
+    _spread(ctx, state, level, fixed={m for m in models if keep and m in state.engines})
     return [(m, c.option) for m, c in level.items()]
 
 
 def _fill(ctx: PlanningContext, state: StageState, kept: list[tuple[str, EngineOption]], waiting: list[str]
           ) -> list[tuple[str, EngineOption]] | None:
-    """Running engines unchanged, waiting models added by urgency on their smallest option, spare GPUs spread."""
+    """Running engines unchanged, waiting models added by urgency on their most efficient option that fits,
+    spare GPUs spread over the newcomers."""
     used = sum(o.num_gpus for _, o in kept)
     level: dict[str, EngineCurve] = {}
     for model in waiting:

@@ -151,10 +151,6 @@ class ModelCurves:
     def model(self) -> str:
         return self.engines.model
 
-    @property
-    def total_tokens(self) -> float:
-        return float((self.prompt + self.output).sum())
-
     def curve(self, option: EngineOption) -> EngineCurve:
         """The curve of ``option``, simulated on first use."""
         curve = self.curves.get(option)

@@ -1,9 +1,12 @@
 """The planner registry: every planner replays its stages faithfully and returns the replayed run.
 
 A planner turns a ``PlanningContext`` into a finished ``ExactRun``: its policy picks each stage from the
-replayed state, the replay decides when the stage ends. ``search`` also replays the greedy plan from the first
-stage where greedy would have chosen differently, and keeps the better of the two, so it is never worse
-than greedy.
+replayed state, the replay decides when the stage ends. ``search`` runs greedy and the baselines as
+shadows: at the first stage where one would choose differently the run is forked, and that plan is
+replayed from there when the stage model puts it within ``REPLAY_MARGIN`` of the search's replayed time;
+the best replay is kept. So ``search`` is never worse than greedy or a baseline unless the stage model
+misjudges that plan by more than the margin (its search is seeded with them, so it is never worse in
+the stage model).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.planner.baselines import AllAtOncePolicy, MuxServeLikePolicy, SequentialPolicy
+from samullm_lc.planner.baselines import BASELINE_POLICIES, AllAtOncePolicy, MuxServeLikePolicy, SequentialPolicy
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.replay import ExactRun
-from samullm_lc.planner.search import ExhaustivePolicy, GreedyPolicy, SearchPolicy
+from samullm_lc.planner.search import ExhaustivePolicy, GreedyPolicy, SearchPolicy, rollout, sequential_floor
 from samullm_lc.planner.stages import Group, StageState
 
+REPLAY_MARGIN = 1.05
+"""``search`` also replays greedy's or a baseline's plan when the stage model puts it within this factor of
+the search's replayed time."""
 EXHAUSTIVE_MAX_MODELS = 6
 EXHAUSTIVE_MAX_GPUS = 8
 
@@ -61,39 +67,55 @@ class GreedyPlanner(Planner):
 
 class SearchPlanner(Planner):
     name = "search"
-    summary = "budgeted depth-first search with memo and lower-bound pruning, never worse than greedy (default)"
+    summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
 
     def policy(self, ctx: PlanningContext) -> Policy:
         return SearchPolicy(ctx)
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
-        shadowed = _Shadowed(self.policy(ctx), GreedyPolicy(ctx))
-        searched = drive(ctx, fresh(), shadowed)
-        if shadowed.fork is None:
-            return searched
-        greedy = shadowed.fork
-        greedy.run_stage(shadowed.shadow_choice)
-        drive(ctx, greedy, shadowed.shadow)
-        return searched if searched.end_seconds() <= greedy.end_seconds() else greedy
+        shadows: dict[str, Policy] = {"greedy": GreedyPolicy(ctx)}
+        shadows.update({name: policy(ctx) for name, policy in BASELINE_POLICIES.items()})
+        shadowed = _Shadowed(self.policy(ctx), shadows)
+        best = drive(ctx, fresh(), shadowed)
+        for name, (run, choice, state) in shadowed.forks.items():
+            if not self._promising(ctx, state, shadows[name], best.end_seconds()):
+                continue
+            run.run_stage(choice)
+            drive(ctx, run, shadows[name])
+            if run.end_seconds() < best.end_seconds():
+                best = run
+        return best
+
+    @staticmethod
+    def _promising(ctx: PlanningContext, state: StageState, other: Policy, to_beat: float) -> bool:
+        """Whether another policy's plan from ``state`` could beat ``to_beat`` seconds: its stage-model
+        estimate is within ``REPLAY_MARGIN`` (the sequential baseline is first checked against a floor)."""
+        limit = to_beat * REPLAY_MARGIN
+        if isinstance(other, GreedyPolicy):
+            return other.predicted_end <= limit
+        if isinstance(other, SequentialPolicy) and sequential_floor(ctx, state) > limit:
+            return False
+        sequence = rollout(ctx, state, other.next_group)
+        return bool(sequence) and sequence[-1].end <= limit
 
 
 class _Shadowed:
-    """Follows one policy while asking another what it would do. Until they disagree the other's replay
-    would be the same run; at the first disagreement the run is forked, so that only the rest of the
-    other's plan needs simulating."""
+    """Follows one policy while asking others what they would do. Until a shadow disagrees its replay
+    would be the same run; at its first disagreement the run is forked, so that only the rest of the
+    shadow's plan needs simulating (if it is worth simulating at all)."""
 
-    def __init__(self, policy: Policy, shadow: Policy) -> None:
+    def __init__(self, policy: Policy, shadows: dict[str, Policy]) -> None:
         self.policy = policy
-        self.shadow = shadow
-        self.fork: ExactRun | None = None
-        self.shadow_choice: Group = ()
+        self.shadows = shadows
+        self.forks: dict[str, tuple[ExactRun, Group, StageState]] = {}
 
     def next_group(self, state: StageState, run: ExactRun) -> Group:
         group = self.policy.next_group(state)
-        if self.fork is None:
-            other = self.shadow.next_group(state)
-            if other != group:
-                self.fork, self.shadow_choice = run.fork(), other
+        for name, shadow in self.shadows.items():
+            if name not in self.forks:
+                other = shadow.next_group(state)
+                if other != group:
+                    self.forks[name] = (run.fork(), other, state)
         return group
 
 

@@ -7,12 +7,13 @@ is in the stage; its prompt already includes their outputs (``workload.py``). A 
 computes nothing before its load time is over; a dropped or changed engine's unfinished requests start
 again from scratch on the next engine of that model.
 
-A stage ends when its first node finishes (a chain of vertically fused nodes counts as one). Engines are simulated speculatively to the end of the work
-they were given (an engine that keeps its plan continues exactly where it was, so a stage boundary only
-reads finish times). An engine is re-simulated from its start, with the same inputs, only when it gets a
-request that arrives before its simulated clock (a node joins a busy engine) or loses requests whose
-upstream engine was stopped. Engines that feed themselves (below) are only simulated until one of their
-nodes finishes, and continued by the next stage.
+A stage ends when its first node finishes (a chain of vertically fused nodes counts as one). Engines
+are simulated speculatively to the end of the work they were given (an engine that keeps its plan
+continues exactly where it was, so a stage boundary only reads finish times). An engine is re-simulated
+from its start, with the same inputs, only when it gets a request that arrives before its simulated
+clock (a node joins a busy engine) or loses requests whose upstream engine was stopped. Engines that
+feed themselves (below) are only simulated until the stage's end is known, and continued by the next
+stage.
 
 Vertical fusion: when a node and the node it reads run on the same engine, the engine is advanced in
 increments of ``FEEDBACK_STEP_SECONDS`` and the downstream requests are submitted at the end of the

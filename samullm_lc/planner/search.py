@@ -167,11 +167,13 @@ class StagePolicy:
         self.ctx = ctx
         self._planned: list[StageOutcome] = []
         self._expected: set[int] | None = None
+        self.predicted_end = np.inf  # stage-model end of the sequence being followed
 
     def next_group(self, state: StageState) -> Group:
         """The group of the next stage to replay."""
         if not self._on_track(state):
             self._planned = self.sequence(state)
+            self.predicted_end = self._planned[-1].end if self._planned else np.inf
             if not self._planned:
                 runnable = runnable_models(self.ctx, state)
                 raise RuntimeError(f"no stage can run from this state (runnable models: {runnable})")

@@ -61,17 +61,12 @@ class StageOutcome:
     """One stage of the stage model: what ran, for how long, and the state after it."""
 
     group: Group
-    nodes: dict[str, list[int]]  # model -> its nodes in the stage
     loads: dict[str, float]
     start: float
     end: float
     throughput: float  # useful FLOPs per second
     finished: list[int]
     state: StageState
-
-    @property
-    def seconds(self) -> float:
-        return self.end - self.start
 
 
 def initial_state(ctx: PlanningContext) -> StageState:
@@ -178,12 +173,9 @@ def run_stage(ctx: PlanningContext, state: StageState, group: Group) -> StageOut
         done = start_remaining[n] - remaining[n]
         in_flight[n] = min(in_flight[n] + done, curves[ctx.node_model[n]].in_flight_tokens()) if remaining[n] else 0.0
     useful = float(np.dot(ctx.flops_per_token, state.remaining - remaining))
-    by_model: dict[str, list[int]] = {}
-    for n in nodes:
-        by_model.setdefault(ctx.node_model[n], []).append(n)
     ready = {m: state.ready.get(m, state.time) if m in kept else state.time + loads[m] for m in chosen}
     after = StageState(time=end_time, remaining=remaining, engines=dict(chosen), in_flight=in_flight, ready=ready)
-    return StageOutcome(group=group, nodes=by_model, loads=loads, start=state.time, end=end_time,
+    return StageOutcome(group=group, loads=loads, start=state.time, end=end_time,
                         throughput=useful / max(end_time - state.time, _EPS), finished=finished, state=after)
 
 
