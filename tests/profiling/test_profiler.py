@@ -25,11 +25,10 @@ def test_profile_fits_the_measured_steps(small_profile):
     assert abs(fit.total_relative_error) < 0.05
     latency = small_profile.latency
     assert latency.intercept_seconds > 0
-    assert latency.coefficients["prefill_tokens"] > 0  # prompt tokens cost time
     budget = small_profile.scheduler.max_num_batched_tokens
     full_prefill = float(latency.step_seconds(budget, 4, 0, 0, 4 * (budget / 4) ** 2 / 2))
     one_decode = float(latency.step_seconds(0, 0, 1, 100, 0))
-    assert full_prefill > 3 * one_decode
+    assert full_prefill > 3 * one_decode  # prompt tokens cost time (whichever prefill term carries it)
 
 
 def test_profile_records_the_engine_and_the_output_lengths(small_profile):
