@@ -44,6 +44,7 @@ class LLMNode(ValidatedModel):
 
     @property
     def num_requests(self) -> int:
+        """Requests of the node."""
         return len(self.input_tokens)
 
 
@@ -78,6 +79,7 @@ class AppGraph(ValidatedModel):
         return self
 
     def node(self, name: str) -> LLMNode:
+        """A node by name; ConfigError if there is none."""
         for node in self.nodes:
             if node.name == name:
                 return node
@@ -100,6 +102,7 @@ class AppGraph(ValidatedModel):
         return order
 
     def downstream(self, name: str) -> list[str]:
+        """Names of the nodes that read ``name``'s outputs."""
         return [node.name for node in self.nodes if name in node.depends_on]
 
     def models(self) -> list[str]:
@@ -107,15 +110,18 @@ class AppGraph(ValidatedModel):
         return list(dict.fromkeys(node.model for node in self.nodes))
 
     def input_tokens(self, name: str) -> np.ndarray:
+        """Prompt tokens of each of the node's requests (upstream outputs not included)."""
         return np.asarray(self.node(name).input_tokens, dtype=np.int64)
 
     def save(self, path: str | Path) -> Path:
+        """Write the graph as JSON."""
         path = Path(path)
         path.write_text(self.model_dump_json(indent=1, exclude_none=True))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> AppGraph:
+        """Read a graph written by ``save``; ConfigError if the file is missing or invalid."""
         try:
             return cls.model_validate_json(Path(path).read_text())
         except OSError as exc:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from samullm_lc.errors import SamullmError
 from samullm_lc.planner.candidates import runnable_models
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.options import EngineOption
@@ -36,7 +37,8 @@ class SequentialPolicy:
         curves = self.ctx.curves[model]
         fastest = curves.best(float(self.ctx.cluster.num_gpus)) or curves.best_up_to(self.ctx.cluster.num_gpus)[-1]
         group = place([(model, fastest.option)], self.ctx.cluster, {})
-        assert group is not None
+        if group is None:
+            raise SamullmError(f"sequential: {model} on {fastest.option.label()} does not fit {self.ctx.cluster}")
         return group
 
 
@@ -72,7 +74,7 @@ class _StaticPolicy:
                 break
             waiting = waiting[:-1]
         if not group:
-            raise RuntimeError(f"{type(self).__name__}: nothing fits the free GPUs (waiting: {waiting})")
+            raise SamullmError(f"{type(self).__name__}: no waiting model fits the free GPUs of {self.ctx.cluster}")
         return group
 
     def _smallest(self, state: StageState, model: str, *, shared: bool) -> EngineOption:

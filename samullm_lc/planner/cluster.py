@@ -46,10 +46,12 @@ class Cluster(BaseModel):
 
     @property
     def spec(self) -> Hardware:
+        """The device type's specification."""
         return get_hardware(self.hardware)
 
     @property
     def devices_per_node(self) -> int:
+        """GPUs per machine (a TP group stays inside one)."""
         return min(self.num_gpus, self.spec.devices_per_node)
 
     def tp_degrees(self) -> list[int]:

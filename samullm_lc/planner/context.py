@@ -46,16 +46,20 @@ class PlanningContext:
 
     @property
     def num_nodes(self) -> int:
+        """Nodes of the app."""
         return len(self.node_model)
 
     @property
     def models(self) -> list[str]:
+        """Distinct models, in first-use order."""
         return self.workload.models
 
     def model_nodes(self, model: str) -> list[int]:
+        """Indices of the model's nodes, in topological order."""
         return self.workload.model_nodes[model]
 
     def options(self, model: str) -> list[EngineOption]:
+        """Every option the model may run with on this cluster."""
         return self.curves[model].options
 
     def model_work(self, remaining: np.ndarray) -> np.ndarray:

@@ -149,6 +149,7 @@ class ModelCurves:
 
     @property
     def model(self) -> str:
+        """The model these curves describe."""
         return self.engines.model
 
     def curve(self, option: EngineOption) -> EngineCurve:

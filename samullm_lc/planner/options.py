@@ -52,9 +52,11 @@ class EngineOption:
 
     @property
     def memory_fraction(self) -> float:
+        """Share of each GPU's memory the engine may use."""
         return SHARED_MEMORY_FRACTION if self.shared else 1.0
 
     def label(self) -> str:
+        """Short text, e.g. ``TP2x4DP``."""
         if self.shared:
             return "TP1 @50% of one GPU"
         return f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
@@ -157,6 +159,7 @@ class ModelEngines:
 
     @property
     def tps(self) -> tuple[int, ...]:
+        """Tensor-parallel degrees at which the model fits."""
         return tuple(sorted(self.schedulers))
 
     def cost_model(self, tp: int) -> CostModel:

@@ -36,9 +36,11 @@ class ExecutionPlan(BaseModel):
 
     @property
     def num_gpus(self) -> int:
+        """GPUs the plan occupies."""
         return len(self.gpus)
 
     def short(self) -> str:
+        """One line for a person, e.g. ``vicuna TP2x2DP on GPUs [0, 1, 2, 3]``."""
         parallel = f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
         share = f" @{self.memory_fraction:.0%} mem" if self.memory_fraction < 1 else ""
         return f"{self.model} {parallel} on GPUs {list(self.gpus)}{share}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar, Protocol
 
-from samullm_lc.errors import ConfigError
+from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.planner.baselines import BASELINE_POLICIES, AllAtOncePolicy, MuxServeLikePolicy, SequentialPolicy
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.replay import ExactRun
@@ -29,14 +29,18 @@ EXHAUSTIVE_MAX_GPUS = 8
 
 
 class Policy(Protocol):
-    def next_group(self, state: StageState) -> Group: ...
+    """Chooses the next stage's engines from the replayed state."""
+
+    def next_group(self, state: StageState) -> Group:
+        """The group of the next stage."""
+        ...
 
 
 def drive(ctx: PlanningContext, run: ExactRun, policy: Policy | _Shadowed) -> ExactRun:
     """Replay the policy's stages until every request is done."""
     while not run.done():
         if len(run.stages) > ctx.num_nodes + 1:
-            raise RuntimeError(f"the plan of {ctx.app.name!r} does not finish: every stage should finish a node")
+            raise SamullmError(f"the plan of {ctx.app.name!r} does not finish: every stage should finish a node")
         view = run.view()
         group = policy.next_group(view, run) if isinstance(policy, _Shadowed) else policy.next_group(view)
         run.run_stage(group)
@@ -50,6 +54,7 @@ class Planner:
     summary: ClassVar[str]
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         raise NotImplementedError
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
@@ -58,21 +63,29 @@ class Planner:
 
 
 class GreedyPlanner(Planner):
+    """The `greedy` planner: SamuLLM's greedy: the highest-throughput stage each time."""
+
     name = "greedy"
     summary = "SamuLLM's greedy: the highest-throughput stage each time"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         return GreedyPolicy(ctx)
 
 
 class SearchPlanner(Planner):
+    """The `search` planner (the default): budgeted search with memo and lower-bound pruning, seeded with
+    greedy and the baselines."""
+
     name = "search"
     summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         return SearchPolicy(ctx)
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
+        """The search's replayed run, or greedy's or a baseline's when that replays faster."""
         shadows: dict[str, Policy] = {"greedy": GreedyPolicy(ctx)}
         shadows.update({name: policy(ctx) for name, policy in BASELINE_POLICIES.items()})
         shadowed = _Shadowed(self.policy(ctx), shadows)
@@ -110,6 +123,7 @@ class _Shadowed:
         self.forks: dict[str, tuple[ExactRun, Group, StageState]] = {}
 
     def next_group(self, state: StageState, run: ExactRun) -> Group:
+        """The followed policy's group; forks ``run`` for each shadow that first disagrees here."""
         group = self.policy.next_group(state)
         for name, shadow in self.shadows.items():
             if name not in self.forks:
@@ -120,10 +134,13 @@ class _Shadowed:
 
 
 class ExhaustivePlanner(Planner):
+    """The `exhaustive` planner: every candidate stage sequence: optimal in the stage model, small instances only."""
+
     name = "exhaustive"
     summary = "every candidate stage sequence: optimal in the stage model, small instances only"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The exhaustive policy; ConfigError for instances too large to enumerate."""
         if len(ctx.models) > EXHAUSTIVE_MAX_MODELS or ctx.cluster.num_gpus > EXHAUSTIVE_MAX_GPUS:
             raise ConfigError(
                 f"the exhaustive planner takes at most {EXHAUSTIVE_MAX_MODELS} models and {EXHAUSTIVE_MAX_GPUS} "
@@ -133,26 +150,36 @@ class ExhaustivePlanner(Planner):
 
 
 class SequentialPlanner(Planner):
+    """The `sequential` planner: each model alone on all GPUs with its fastest plan, in topological order
+    (the authors' naive)."""
+
     name = "sequential"
     summary = "each model alone on all GPUs with its fastest plan, in topological order (the authors' naive)"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         return SequentialPolicy(ctx)
 
 
 class AllAtOncePlanner(Planner):
+    """The `all-at-once` planner: every model at once, GPUs split in proportion to work, engines never changed."""
+
     name = "all-at-once"
     summary = "every model at once, GPUs split in proportion to work, engines never changed"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         return AllAtOncePolicy(ctx)
 
 
 class MuxServeLikePlanner(Planner):
+    """The `muxserve-like` planner: models packed by size (small ones sharing GPUs), engines never changed."""
+
     name = "muxserve-like"
     summary = "models packed by size (small ones sharing GPUs), engines never changed"
 
     def policy(self, ctx: PlanningContext) -> Policy:
+        """The stage policy of this planner for one planning run."""
         return MuxServeLikePolicy(ctx)
 
 

@@ -74,6 +74,7 @@ class Engine:
 
     @property
     def model(self) -> str:
+        """The model this engine serves."""
         return self.assignment.model
 
     def _fresh(self) -> _Replica:
@@ -231,9 +232,11 @@ class ExactRun:
 
     # ---- views -------------------------------------------------------------------------------------
     def finished_nodes(self) -> set[int]:
+        """Nodes whose every request has finished (by the current time)."""
         return {n for n, done in enumerate(self.done_at) if not np.isnan(done).any()}
 
     def done(self) -> bool:
+        """Whether every request of the app has finished."""
         return all(not np.isnan(done).any() for done in self.done_at)
 
     def end_seconds(self) -> float:

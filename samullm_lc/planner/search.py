@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from samullm_lc.errors import SamullmError
 from samullm_lc.planner.baselines import BASELINE_POLICIES
 from samullm_lc.planner.bounds import remaining_lower_bound
-from samullm_lc.planner.candidates import all_groups, heuristic_groups, valid_group, runnable_models
+from samullm_lc.planner.candidates import all_groups, heuristic_groups, runnable_models, valid_group
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.stages import Group, StageOutcome, StageState, run_stage
 
@@ -61,6 +62,7 @@ class SearchBudget:
     started: float = field(default_factory=time.perf_counter)
 
     def spent(self) -> bool:
+        """Whether the budget is used up."""
         return self.used >= self.max_stages or time.perf_counter() - self.started >= self.max_seconds
 
 
@@ -176,7 +178,8 @@ class StagePolicy:
             self.predicted_end = self._planned[-1].end if self._planned else np.inf
             if not self._planned:
                 runnable = runnable_models(self.ctx, state)
-                raise RuntimeError(f"no stage can run from this state (runnable models: {runnable})")
+                raise SamullmError(f"no stage can run at {state.time:.1f} s (runnable models: {runnable}); "
+                                   "every runnable model needs more GPUs than the cluster has free")
         outcome = self._planned.pop(0)
         self._expected = set(np.flatnonzero(outcome.state.remaining <= 0.0).tolist())
         return outcome.group
@@ -197,6 +200,7 @@ class GreedyPolicy(StagePolicy):
     """SamuLLM's greedy: the highest-throughput candidate stage each time."""
 
     def sequence(self, state: StageState) -> list[StageOutcome]:
+        """The greedy stage sequence from ``state``."""
         return greedy_sequence(self.ctx, state, heuristic_groups)
 
 
@@ -214,6 +218,7 @@ class SearchPolicy(StagePolicy):
         self.spent = 0
 
     def sequence(self, state: StageState) -> list[StageOutcome]:
+        """The best sequence the budget finds from ``state`` (the sequential baseline's if that is better)."""
         share = 1.0 if self.spent == 0 else 0.125
         if self.spent >= 2 * self.max_stages:
             return greedy_sequence(self.ctx, state, self.generator)
@@ -237,5 +242,6 @@ class ExhaustivePolicy(StagePolicy):
         self.max_seconds = max_seconds
 
     def sequence(self, state: StageState) -> list[StageOutcome]:
+        """The optimal sequence from ``state`` in the stage model (up to ``max_seconds`` of search)."""
         budget = SearchBudget(max_seconds=self.max_seconds)
         return search_sequence(self.ctx, state, all_groups, branch=None, budget=budget, discrepancies=False)

@@ -45,9 +45,11 @@ class StageState:
     ready: dict[str, float] = field(default_factory=dict)  # per running engine, when its load is over (seconds)
 
     def unfinished(self) -> np.ndarray:
+        """Per node, whether tokens are left."""
         return self.remaining > 0.0
 
     def done(self) -> bool:
+        """Whether every node is finished."""
         return not bool(np.any(self.remaining > 0.0))
 
     def key(self, total: np.ndarray) -> tuple:

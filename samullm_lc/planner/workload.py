@@ -31,6 +31,7 @@ class NodeWork:
 
     @property
     def num_requests(self) -> int:
+        """Requests of the node."""
         return int(self.prompt.size)
 
     @property
@@ -55,9 +56,11 @@ class Workload:
 
     @property
     def models(self) -> list[str]:
+        """Distinct models, in first-use order."""
         return list(self.model_nodes)
 
     def node(self, name: str) -> NodeWork:
+        """A node by name."""
         return self.nodes[self.index[name]]
 
 
