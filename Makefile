@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test docs bench-accuracy bench-gpu bench-sim clean
+.PHONY: setup demo validate test docs bench-accuracy bench-gpu bench-sim bench-runtime clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/samullm demo
 
+validate: setup
+	$(VENV)/bin/samullm validate
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -35,6 +38,10 @@ bench-gpu: setup
 
 bench-sim: setup
 	$(PY) benchmarks/simulator_speed.py
+
+bench-runtime: setup
+	$(PY) benchmarks/runtime_real.py
+	$(PY) benchmarks/runtime_sim.py
 
 clean:
 	rm -rf $(VENV) site results

@@ -20,15 +20,14 @@ Run: ``/work/main/.venv/bin/python benchmarks/planner_paper_apps.py [--sizes 100
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
+import common
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
 from samullm_lc.planner.cluster import Cluster
@@ -46,14 +45,6 @@ COMPETITORS = (PAPER, *BASELINES)  # "never worse than any baseline": the paper'
 SPEEDUP_GOAL = 1.3
 PLAN_SECONDS_GOAL = 2.0
 GOAL_SIZE = 1000
-
-
-def load_builder() -> ModuleType:
-    """Import ``scripts/build_paper_apps.py`` by path (``scripts/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -215,7 +206,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     args = parser.parse_args()
 
-    builder = load_builder()
+    builder = common.load_paper_apps()
     cases: list[Case] = []
     start = time.perf_counter()
     for n in args.sizes:

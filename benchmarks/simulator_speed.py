@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+
+import common
 
 from samullm_lc.costmodel import simulator
 from samullm_lc.costmodel.latency.base import IterationLatencyModel
@@ -182,16 +182,8 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def machine() -> str:
-    """CPU model, core count, Python and numpy versions, load when the benchmark started."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy {np.__version__}; "
-            f"load average {load} at the start (other jobs were running)")
+    """The machine line, with numpy's version (other jobs were running)."""
+    return common.machine(f"numpy {np.__version__}") + " (other jobs were running)"
 
 
 def report(offline: list[dict], clocked: list[dict], config: SchedulerConfig, note: str, args: argparse.Namespace,

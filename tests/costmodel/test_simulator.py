@@ -80,6 +80,42 @@ def test_per_request_admission_cost_is_charged_on_arrival():
     assert result.total_seconds == pytest.approx(2.0)
 
 
+def test_a_request_after_another_arrives_when_it_finishes():
+    # r0: prefill (1.4) + decode (1) ends 2.4; r1 reads r0's output, so it starts then and ends 4.8.
+    chained = simulate(config(), STEP, [4, 4], [2, 2], after=[[], [0]])
+    assert chained.finish_seconds == pytest.approx([2.4, 4.8])
+    # Waiting for a request that has already finished: it arrives at that finish, or its own arrival if later.
+    sim = ContinuousBatchingSimulator(config(), STEP)
+    sim.add_requests([4], [2])
+    sim.run()
+    sim.add_requests([4, 4], [2, 2], [0.0, 6.0], after=[[0], [0]])
+    assert sim.run().finish_seconds == pytest.approx([2.4, 4.8, 8.4])
+
+
+def test_requests_waiting_for_others_run_as_if_they_arrived_when_the_last_finished():
+    # 40 roots, then three levels in which request k waits for request k - 40; the last level also waits for
+    # a request of the first (a join). Own arrivals spread over 5 s are floors that the waiting ones keep.
+    latency = LinearLatencyModel(
+        intercept_seconds=0.01,
+        coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3, "decode_context_tokens": 1e-6},
+        per_request_seconds=0.002,
+    )
+    cfg = config(num_kv_blocks=300, max_model_len=1024, max_num_seqs=16, max_num_batched_tokens=256)
+    n = 40
+    inputs, outputs, arrivals = _random_workload(11, 4 * n)
+    arrivals = arrivals / 6
+    after = [[] for _ in range(n)] + [[k - n] for k in range(n, 3 * n)]
+    after += [[k - n, k - 2 * n + 1] for k in range(3 * n, 4 * n)]
+    chained = simulate(cfg, latency, inputs, outputs, arrivals, after=after)
+    assert chained.finished
+    due = [max([arrivals[k], *chained.finish_seconds[after[k]]]) for k in range(4 * n)]
+    assert any(due[k] == arrivals[k] for k in range(n, 4 * n)) and any(due[k] > arrivals[k] for k in range(n, 4 * n))
+    fixed = simulate(cfg, latency, inputs, outputs, due)
+    assert fixed.num_steps == chained.num_steps
+    np.testing.assert_allclose(chained.finish_seconds, fixed.finish_seconds, rtol=1e-12)
+    np.testing.assert_allclose(chained.first_token_seconds, fixed.first_token_seconds, rtol=1e-12)
+
+
 def test_sequences_stop_at_max_model_len():
     result = simulate(config(max_model_len=16), STEP, [10], [100])
     assert result.output_tokens.tolist() == [6]
@@ -141,6 +177,8 @@ def test_bad_requests_get_clear_errors():
         simulate(config(num_kv_blocks=2, block_size=4, max_model_len=64), STEP, [10], [10])
     with pytest.raises(ConfigError, match="at least 1"):
         simulate(config(), STEP, [0], [3])
+    with pytest.raises(ConfigError, match="earlier requests"):
+        simulate(config(), STEP, [4, 4], [1, 1], after=[[1], []])
 
 
 class _CheckedSimulator(ContinuousBatchingSimulator):
@@ -193,6 +231,37 @@ def test_random_workloads_agree_with_plain_stepping_and_keep_invariants(seed):
     assert (fast.output_tokens == np.minimum(outputs, max_model_len - inputs)).all()
     start = np.zeros(n) if arrivals is None else arrivals
     assert (start <= fast.first_token_seconds).all() and (fast.first_token_seconds <= fast.finish_seconds).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_requests_waiting_for_others_agree_with_plain_stepping_however_the_run_is_cut(seed):
+    # Random waits (one or two earlier requests each) on a small engine with chunked prefill: decode mode and
+    # plain stepping agree, in one run, resumed after an exact stop, or after a stop priced in batches.
+    rng = np.random.default_rng(200 + seed)
+    n = 90
+    inputs, outputs = rng.integers(1, 300, n), rng.geometric(1 / 40, n).clip(1, 300)
+    arrivals = np.sort(rng.uniform(0, 3, n))
+    after = [sorted({int(rng.integers(0, k)) for _ in range(int(rng.integers(1, 3)))}) if k >= 30 else []
+             for k in range(n)]
+    cfg = config(num_kv_blocks=120, max_model_len=512, max_num_seqs=16, max_num_batched_tokens=128)
+    latency = LinearLatencyModel(
+        intercept_seconds=0.01, coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3, "decode_context_tokens": 1e-6},
+        per_request_seconds=0.002,
+    )
+    results = []
+    for cls, cut in ((_CheckedSimulator, {}), (_CheckedNoFastForward, {"until": 4.0}),
+                     (_CheckedSimulator, {"until": 4.0, "overshoot_ok": True})):
+        sim = cls(cfg, latency)
+        sim.add_requests(inputs, outputs, arrivals, after=after)
+        if cut:
+            sim.run(**cut)
+        results.append(sim.run())
+    for other in results[1:]:
+        assert other.finished and other.num_steps == results[0].num_steps
+        np.testing.assert_allclose(other.finish_seconds, results[0].finish_seconds, rtol=1e-9)
+        np.testing.assert_allclose(other.first_token_seconds, results[0].first_token_seconds, rtol=1e-9)
+    done = results[0].finish_seconds
+    assert all(results[0].first_token_seconds[k] > done[p] for k in range(n) for p in after[k])
 
 
 def test_a_request_due_during_an_admission_does_not_stop_the_run():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.errors import ConfigError
 from samullm_lc.planner import PLANNERS, Cluster, Plan, evaluate_plan, lower_bound_seconds, plan_app
+from samullm_lc.planner.context import PlanningSettings, build_context, build_engines
+from samullm_lc.planner.options import EngineOption
 from tests.planner.conftest import SMALL, TINY, make_app
 
 TWO_GPUS = Cluster.parse("2xA100-80GB")
@@ -49,6 +53,20 @@ def test_vertical_fusion_loads_the_model_once(fused_chain):
     assert plan.stages[0].entries[0].nodes == ["c0", "c1", "c2"]
     searched = plan_app(fused_chain, TWO_GPUS)
     assert searched.stages[0].entries[0].nodes == ["c0", "c1", "c2"]
+
+
+def test_replay_feeds_a_fused_chain_each_request_as_its_upstream_request_finishes(fused_chain):
+    # On one GPU the chain runs on one engine replica: the replay must equal one simulation of all its
+    # requests, each waiting for the request it reads, after the model's load.
+    one_gpu = Cluster.parse("1xA100-80GB")
+    plan = plan_app(fused_chain, one_gpu, "sequential")
+    engines = build_engines(fused_chain, one_gpu)
+    work = build_context(fused_chain, one_gpu, engines, PlanningSettings()).workload.nodes
+    option, n = EngineOption(), work[0].num_requests
+    chained = simulate(engines[SMALL].scheduler(option), engines[SMALL].latency(option),
+                       np.concatenate([w.prompt for w in work]), np.concatenate([w.output for w in work]),
+                       after=[[]] * n + [[k - n] for k in range(n, 3 * n)])
+    assert plan.estimated_seconds == pytest.approx(engines[SMALL].load(option) + chained.total_seconds, rel=1e-9)
 
 
 def test_stage_ends_at_first_finish_and_progress_carries_over():

@@ -5,9 +5,9 @@ import pytest
 
 from samullm_lc.costmodel.estimator import CostModel
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.profiling.models import engine_settings_for
-from samullm_lc.profiling.profiler import profile_engine, profiling_grid
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
+from samullm_lc.profiling.profiler import profile_engine, profiling_grid
+from samullm_lc.runtime.vllm_engine import engine_settings_for
 
 pytestmark = pytest.mark.engine
 

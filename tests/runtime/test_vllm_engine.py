@@ -6,9 +6,15 @@ import pytest
 from samullm_lc.costmodel.latency.linear import LinearLatencyModel
 from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.errors import ConfigError, EngineError
-from samullm_lc.profiling.models import engine_settings_for
 from samullm_lc.profiling.profiler import Workload, run_workload
-from samullm_lc.runtime.vllm_engine import EngineSettings, StepRecorder, scheduler_config_of, shutdown_llm, start_llm
+from samullm_lc.runtime.vllm_engine import (
+    EngineSettings,
+    StepRecorder,
+    engine_settings_for,
+    scheduler_config_of,
+    shutdown_llm,
+    start_llm,
+)
 
 pytestmark = pytest.mark.engine
 ONE_SECOND_STEPS = LinearLatencyModel(intercept_seconds=1.0, coefficients={})

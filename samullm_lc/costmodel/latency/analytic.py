@@ -315,8 +315,9 @@ class CountTable:
         if high + 2 > len(self._table):
             if high + 2 > self.LIMIT:
                 return self._function(counts.astype(np.float64))
-            size = 1 << math.ceil(math.log2(high + 2))
-            self._table = self._function(np.arange(size, dtype=np.float64))
+            size = max(math.ceil(high) + 2, 2 * len(self._table))  # only the new counts are evaluated
+            grown = self._function(np.arange(len(self._table), size, dtype=np.float64))
+            self._table = np.concatenate([self._table, grown])
         if counts.dtype.kind in "iub":
             return self._table.take(counts)
         index = counts.astype(np.int64)

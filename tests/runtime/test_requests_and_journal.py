@@ -1,0 +1,59 @@
+"""Requests are validated at the edge; the journal keeps finished results across processes."""
+
+import numpy as np
+import pytest
+
+from samullm_lc.errors import ConfigError
+from samullm_lc.runtime.journal import Journal
+from samullm_lc.runtime.requests import Completion, GenerationResult, SamplingSpec, content_key, normalise_prompt
+
+
+def test_sampling_spec_names_the_bad_field_and_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"temperature.*allowed fields: max_tokens"):
+        SamplingSpec.parse({"temperature": -1})
+    with pytest.raises(ConfigError, match="top_k"):
+        SamplingSpec.parse({"top_k": 5})
+    spec = SamplingSpec.parse({"max_tokens": 8, "seed": 3, "stop": ["\n"]})
+    assert spec.vllm_kwargs() == {"max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "stop": ["\n"], "seed": 3,
+                                  "n": 1, "ignore_eos": False}
+
+
+@pytest.mark.parametrize(("prompt", "messages", "problem"), [
+    ("   ", None, "empty"),
+    (None, None, "either"),
+    ("hi", [{"role": "user", "content": "hi"}], "either"),
+    (None, [{"content": "no role"}], "role"),
+    ([], None, "non-empty"),
+])
+def test_bad_prompts_are_rejected_with_the_reason(prompt, messages, problem):
+    with pytest.raises(ConfigError, match=problem):
+        normalise_prompt(prompt, messages)
+
+
+def test_content_key_is_stable_and_sensitive():
+    spec = SamplingSpec(max_tokens=4)
+    key = content_key("m", "tokens", np.array([1, 2, 3]), spec)
+    assert key == content_key("m", "tokens", [1, 2, 3], spec)
+    assert key != content_key("m", "tokens", [1, 2, 4], spec)
+    assert key != content_key("m", "tokens", [1, 2, 3], SamplingSpec(max_tokens=5))
+    assert key != content_key("other", "tokens", [1, 2, 3], spec)
+
+
+def test_journal_survives_reopening_and_keeps_the_first_result(tmp_path):
+    path = tmp_path / "run.sqlite"
+    result = GenerationResult(model="m", prompt_tokens=3, completions=[Completion(text="a b", num_tokens=2)])
+    journal = Journal(path)
+    journal.put_many([("k:0", result)])
+    journal.put_many([("k:0", result.model_copy(update={"prompt_tokens": 99}))])
+    journal.close()
+    again = Journal(path)
+    stored = again.get("k:0")
+    assert stored is not None and stored.from_journal and stored.prompt_tokens == 3 and stored.text == "a b"
+    assert again.get("k:1") is None and len(again) == 1
+
+
+def test_journal_in_a_missing_folder_that_cannot_be_made_is_a_config_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="writable"):
+        Journal(blocker / "sub" / "run.sqlite")

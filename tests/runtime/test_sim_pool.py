@@ -1,0 +1,168 @@
+"""The pool's scheduling logic on the `sim` backend: simulated engines on a virtual clock, GPU scale."""
+
+import asyncio
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from samullm_lc.graph.app_graph import AppGraph, LLMNode
+from samullm_lc.runtime.app_runner import AppRun
+from samullm_lc.runtime.pool import EnginePool
+from samullm_lc.runtime.requests import GenerationResult, RequestError
+
+TOKENS = np.arange(100, 200)
+
+
+def _ensemble(n: int, members: list[str], fuser: str) -> AppGraph:
+    rng = np.random.default_rng(1)
+    nodes = [LLMNode(name=m, model=m, input_tokens=rng.integers(50, 400, n).tolist(), max_tokens=256) for m in members]
+    nodes.append(LLMNode(name="fuse", model=fuser, input_tokens=[64] * n, max_tokens=128, depends_on=members))
+    return AppGraph(name="ensemble", nodes=nodes)
+
+
+def _device_overlaps(report) -> list[tuple]:
+    """Pairs of whole-device engines that held one device at the same time."""
+    clashes = []
+    spans = report.engines
+    for i, a in enumerate(spans):
+        for b in spans[i + 1:]:
+            shared = set(a.devices) & set(b.devices)
+            at_once = a.started_seconds < b.stopped_seconds - 1e-9 and b.started_seconds < a.stopped_seconds - 1e-9
+            whole = a.memory_fraction + b.memory_fraction > 1.0
+            if shared and at_once and whole:
+                clashes.append((a, b))
+    return clashes
+
+
+def test_two_level_app_on_8_gpus_answers_every_request_once_and_replans_as_models_finish():
+    app = _ensemble(300, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
+    with EnginePool(app, "8xA100-80GB", backend="sim", progress=False) as pool:
+        outcomes = AppRun(pool, app, token_ids=TOKENS).start().wait(120)
+        assert pool.join(60)
+    report = pool.report()
+    assert all(isinstance(o, GenerationResult) for node in outcomes.values() for o in node)
+    assert {m.model: m.requests_done for m in report.models} == {m: 300 for m in app.models()}
+    reasons = [r.reason for r in report.replans]
+    assert reasons[0] == "start" and any("finished" in r for r in reasons[1:])
+    assert not _device_overlaps(report)
+    assert report.seconds > 0 and report.estimated_seconds is not None
+    assert abs(report.estimation_error) < 0.5
+    # the fuser's prompts grew by the members' outputs
+    fused = outcomes["fuse"][0]
+    members = sum(outcomes[m][0].output_tokens for m in app.models()[:3])
+    assert fused.prompt_tokens == 64 + members
+
+
+def test_64_simulated_gpus_run_a_wide_app():
+    members = ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf", "vicuna-13b-v1.5", "mpt-7b-chat"]
+    app = _ensemble(400, members, "Llama-2-70b-hf")
+    with EnginePool(app, "64xA100-80GB", backend="sim", progress=False) as pool:
+        AppRun(pool, app, token_ids=TOKENS).start().wait(120)
+        pool.join(60)
+    report = pool.report()
+    assert sum(m.requests_done for m in report.models) == 400 * 6
+    assert max(d for span in report.engines for d in span.devices) < 64
+    assert not _device_overlaps(report)
+
+
+def test_bad_requests_fail_alone():
+    app = AppGraph(name="one", nodes=[LLMNode(name="a", model="Llama-2-7b-hf", input_tokens=[20] * 5, max_tokens=32)])
+    with EnginePool(app, "1xA100-80GB", backend="sim", progress=False) as pool:
+        good = [pool.submit("Llama-2-7b-hf", "tell me a story " * 3, sampling={"max_tokens": 16}) for _ in range(5)]
+        bad = {
+            "unknown model": pool.submit("no-such-model", "hi"),
+            "empty prompt": pool.submit("Llama-2-7b-hf", ""),
+            "bad sampling": pool.submit("Llama-2-7b-hf", "hi", sampling={"top_p": 0}),
+            "unknown field": pool.submit("Llama-2-7b-hf", "hi", sampling={"temprature": 0.5}),
+        }
+        results = [f.result(30) for f in good]
+    assert all(r.output_tokens >= 1 for r in results)
+    for what, future in bad.items():
+        with pytest.raises(RequestError) as info:
+            future.result(1)
+        assert "rejected" in str(info.value), what
+    assert "no-such-model" in str(bad["unknown model"].exception())
+    assert "temprature" in str(bad["unknown field"].exception())
+
+
+def test_requests_beyond_the_app_graph_are_planned_as_they_arrive():
+    with EnginePool(None, "4xA100-80GB", models=["Llama-2-7b-hf", "Llama-2-13b-hf"], backend="sim",
+                    progress=False) as pool:
+        first = [pool.submit("Llama-2-7b-hf", "a question " * 10) for _ in range(50)]
+        [f.result(30) for f in first]
+        later = [pool.submit("Llama-2-13b-hf", "another question " * 10) for _ in range(50)]
+        assert all(f.result(30).model == "Llama-2-13b-hf" for f in later)
+    reasons = [r.reason for r in pool.report().replans]
+    assert any("beyond the app graph" in r and "Llama-2-13b-hf" in r for r in reasons)
+
+
+def test_thousands_of_coroutines_and_threads_share_one_pool():
+    with EnginePool(None, "2xA100-80GB", models=["Llama-2-7b-hf"], backend="sim", progress=False) as pool:
+        async def many() -> list[GenerationResult]:
+            return await asyncio.gather(*(pool.agenerate("Llama-2-7b-hf", f"question {i}") for i in range(2000)))
+
+        threaded: list[GenerationResult] = []
+        lock = threading.Lock()
+
+        def worker(k: int) -> None:
+            result = pool.generate("Llama-2-7b-hf", f"thread question {k}", timeout=60)
+            with lock:
+                threaded.append(result)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(50)]
+        for t in threads:
+            t.start()
+        results = asyncio.run(many())
+        for t in threads:
+            t.join()
+    assert len(results) == 2000 and len(threaded) == 50
+    assert pool.report().models[0].requests_done == 2050
+
+
+def test_100k_queued_requests_keep_the_driver_memory_bounded():
+    n = 100_000
+    tracemalloc.start()
+    with EnginePool(None, "1xA100-80GB", models=["Llama-2-7b-hf"], backend="sim", progress=False,
+                    max_in_flight=256) as pool:
+        baseline = tracemalloc.get_traced_memory()[0]
+        futures = [pool.submit("Llama-2-7b-hf", [7] * 16, sampling={"max_tokens": 4, "ignore_eos": True})
+                   for _ in range(n)]
+        queued = tracemalloc.get_traced_memory()[0] - baseline
+        tracemalloc.stop()
+        done = sum(1 for f in futures if f.result(300).output_tokens == 4)
+        del futures
+    assert done == n
+    per_request = queued / n
+    print(f"driver memory with {n} requests queued: {queued / 2**20:.1f} MiB ({per_request:.0f} B per request)")
+    assert per_request < 4096
+
+
+def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from samullm_lc.runtime.progress import ProgressDisplay
+    from samullm_lc.runtime.report import RunReport
+
+    app = _ensemble(100, ["Llama-2-7b-hf", "Llama-2-13b-hf"], "Llama-2-7b-hf")
+    with EnginePool(app, "4xA100-80GB", backend="sim", progress=False) as pool:
+        AppRun(pool, app, token_ids=TOKENS).start().wait(60)
+    report = pool.report()
+    again = RunReport.model_validate_json(report.save(tmp_path / "report.json").read_text())
+    assert again == report
+    png = report.save_gantt(tmp_path / "actual.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spans = report.actual_plan().stages
+    assert spans[0].start_seconds == 0.0 and spans[-1].end_seconds >= report.seconds - 1e-6
+    text = report.summary()
+    assert "Llama-2-13b-hf: 100/100 done" in text and "start ->" in text and "planned" in text
+    assert all(r.actual_stage_seconds is not None for r in report.replans)
+    screen = io.StringIO()
+    display = ProgressDisplay(app.models(), enabled=True, console=Console(file=screen, force_terminal=True, width=120))
+    display.start()
+    display.update(report)
+    display.stop()
+    assert "Llama-2-13b-hf" in screen.getvalue() and "100/100" in screen.getvalue()

@@ -1,0 +1,126 @@
+"""The engine pool on the real vLLM CPU engine: pass-through, bad requests, a killed engine, a killed run."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from samullm_lc.runtime.pool import EnginePool
+from samullm_lc.runtime.requests import RequestError
+
+pytestmark = pytest.mark.engine
+MODEL = "tiny-llama-s"
+PROFILE_SCALE = 0.2
+
+
+@pytest.fixture(scope="module")
+def profiles():
+    from samullm_lc.profiling.pool_profiles import pool_profiles
+
+    return pool_profiles([MODEL], scale=PROFILE_SCALE)
+
+
+def test_sampling_and_chat_pass_through_and_bad_requests_fail_alone(profiles):
+    with EnginePool(None, "1xcpu", models=[MODEL], profiles=profiles, progress=False) as pool:
+        seeded = {"max_tokens": 12, "temperature": 1.0, "seed": 7}
+        same = [pool.submit(MODEL, "the quick brown fox", sampling=seeded) for _ in range(2)]
+        other = pool.submit(MODEL, "the quick brown fox", sampling={**seeded, "seed": 8})
+        chat = pool.submit(MODEL, messages=[{"role": "user", "content": "hello there"}], sampling={"max_tokens": 4})
+        pair = pool.submit(MODEL, "two answers", sampling={"max_tokens": 6, "n": 2, "ignore_eos": True})
+        too_long = pool.submit(MODEL, list(range(10, 210)) * 15, sampling={"max_tokens": 4})
+        empty = pool.submit(MODEL, "")
+        unknown = pool.submit("tiny-llama-xl", "hi")
+        greedy = [pool.submit(MODEL, f"question {i}", sampling={"max_tokens": 5, "temperature": 0}) for i in range(20)]
+        a, b = (f.result(120) for f in same)
+        assert a.text == b.text and a.completions[0].num_tokens == 12
+        assert other.result(120).completions[0].num_tokens == 12
+        plain = pool.generate(MODEL, "hello there", sampling={"max_tokens": 4})
+        assert chat.result(120).prompt_tokens > plain.prompt_tokens  # the chat template wrapped the message
+        assert [c.num_tokens for c in pair.result(120).completions] == [6, 6]
+        with pytest.raises(RequestError, match="(?i)longer than|maximum"):
+            too_long.result(120)
+        with pytest.raises(RequestError, match="empty"):
+            empty.result(1)
+        with pytest.raises(RequestError, match="unknown model 'tiny-llama-xl'"):
+            unknown.result(1)
+        assert all(1 <= f.result(120).completions[0].num_tokens <= 5 for f in greedy)
+    report = pool.report()
+    assert report.models[0].requests_failed == 1 and report.models[0].requests_done == 26
+
+
+def test_a_killed_engine_process_is_replaced_and_every_result_arrives_once(profiles):
+    n = 120
+    with EnginePool(None, "1xcpu", models=[MODEL], profiles=profiles, progress=False, max_in_flight=64) as pool:
+        futures = [pool.submit(MODEL, f"prompt number {i} " * 4, sampling={"max_tokens": 48, "ignore_eos": True})
+                   for i in range(n)]
+        deadline = time.monotonic() + 180
+        while sum(f.done() for f in futures) < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (pid,) = pool.backend.pids().values()
+        os.kill(pid, signal.SIGKILL)
+        results = [f.result(300) for f in futures]
+    assert len(results) == n and all(r.completions[0].num_tokens == 48 for r in results)
+    report = pool.report()
+    assert report.models[0].requests_done == n and report.models[0].requests_failed == 0
+    assert len(report.engine_failures) == 1 and str(pid) in report.engine_failures[0]
+    assert any("failed" in r.reason for r in report.replans)
+    assert len(report.engines) == 2  # the killed engine and its replacement
+
+
+_RUN = textwrap.dedent("""
+    import sys
+    from samullm_lc.profiling.pool_profiles import pool_profiles
+    from samullm_lc.runtime.pool import EnginePool
+
+    if __name__ == "__main__":
+        journal, n = sys.argv[1], int(sys.argv[2])
+        profiles = pool_profiles(["tiny-llama-s"], scale=float(sys.argv[3]))
+        with EnginePool(None, "1xcpu", models=["tiny-llama-s"], profiles=profiles, journal=journal,
+                        progress=False, max_in_flight=16) as pool:
+            futures = [pool.submit("tiny-llama-s", f"request {i % 50}", sampling={"max_tokens": 32, "temperature": 0})
+                       for i in range(n)]
+            for f in futures:
+                f.result()
+""")
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_journal(profiles, tmp_path):
+    n = 150
+    journal = tmp_path / "journal.sqlite"
+    script = tmp_path / "run.py"
+    script.write_text(_RUN)
+    child = subprocess.Popen([sys.executable, str(script), str(journal), str(n), str(PROFILE_SCALE)],
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    done_before = 0
+    while time.monotonic() < deadline and child.poll() is None:
+        if journal.exists():
+            with sqlite3.connect(journal) as db:
+                done_before = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            if done_before >= 20:
+                break
+        time.sleep(0.2)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert 20 <= done_before < n, "the run must be killed part-way"
+    with sqlite3.connect(journal) as db:
+        recorded = dict(db.execute("SELECT key, result FROM results").fetchall())
+
+    with EnginePool(None, "1xcpu", models=[MODEL], profiles=profiles, journal=journal, progress=False) as pool:
+        futures = [pool.submit(MODEL, f"request {i % 50}", sampling={"max_tokens": 32, "temperature": 0})
+                   for i in range(n)]
+        results = [f.result(300) for f in futures]
+    record = pool.report().models[0]
+    assert len(results) == n and record.requests_done == n
+    assert record.from_journal == len(recorded) and record.from_journal >= done_before
+    assert sum(r.from_journal for r in results) == len(recorded)
+    # identical prompts (i and i + 50) keep distinct journal entries, and greedy answers match across runs
+    by_prompt = {}
+    for i, r in enumerate(results):
+        by_prompt.setdefault(i % 50, set()).add(r.text)
+    assert all(len(texts) == 1 for texts in by_prompt.values())
