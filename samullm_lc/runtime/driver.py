@@ -150,7 +150,7 @@ class Driver:
         try:
             while True:
                 self._take_inbox()
-                if self.closing.is_set() and self._is_idle():
+                if self.closing.is_set() and self.is_idle():
                     break
                 if self._needs_replan:
                     self._replan(self._needs_replan)
@@ -179,8 +179,13 @@ class Driver:
             self._last_progress = now
             self.on_progress(self.snapshot())
 
-    def _is_idle(self) -> bool:
+    def is_idle(self) -> bool:
+        """Every submitted request has resolved."""
         return not self._futures and not self.inbox
+
+    def has_node(self, name: str) -> bool:
+        """Whether the app graph has a node of this name."""
+        return name in self._nodes
 
     # ---- requests in ---------------------------------------------------------------------------------
     def _take_inbox(self) -> None:
@@ -413,8 +418,9 @@ class Driver:
         engines: dict[str, ExecutionPlan | None] = {}
         for model in app.models():
             running = self._engines_of(model)  # loading ones count as up: restarting them elsewhere loses more
-            plans = {e.plan for e in running}
-            engines[model] = plans.pop() if len(plans) == 1 and len(running) == plans_replicas(running) else None
+            whole = bool(running) and all(e.plan == running[0].plan for e in running) \
+                and len(running) == running[0].plan.replicas  # every replica of one plan is up
+            engines[model] = running[0].plan if whole else None
         lengths = {}
         for model, observed in self._observed.items():
             if model in app.models() and observed:
@@ -520,7 +526,3 @@ class Driver:
         self.report.elapsed_seconds = self.backend.now()
         return self.report.model_copy()
 
-
-def plans_replicas(engines: list[_Engine]) -> int:
-    """Replicas the engines' common plan has (all engines of one plan must be up to report it as running)."""
-    return engines[0].plan.replicas if engines else -1

@@ -140,7 +140,7 @@ class EnginePool:
         """Wait until every submitted request has resolved; False on timeout."""
         driver = self._driver
         with driver.idle:
-            return driver.idle.wait_for(lambda: driver._is_idle() or not self._alive(), timeout)
+            return driver.idle.wait_for(lambda: driver.is_idle() or not self._alive(), timeout)
 
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -182,7 +182,7 @@ class EnginePool:
                 raise ConfigError(f"unknown model {model!r}: this pool serves {self.models}")
             kind, body = normalise_prompt(prompt, messages)
             spec = SamplingSpec.parse(sampling)
-            if node is not None and node not in self._driver._nodes:
+            if node is not None and not self._driver.has_node(node):
                 raise ConfigError(f"unknown app node {node!r}")
         except ConfigError as exc:
             future.set_exception(RequestError(f"request {request_id} to {model!r} rejected: {exc}"))
