@@ -74,6 +74,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1%}"
 
 
+def _planning_seconds(result: AppResult) -> float:
+    return sum(p.planning_seconds for p in result.report.replans)
+
+
 def _stage(entries: list[str]) -> str:
     """A stage's engines, the first few in full and a count of the rest."""
     shown = "; ".join(entries[:STAGE_ENTRIES_SHOWN]) or "nothing to run"
@@ -87,7 +91,7 @@ def summary_table(results: list[AppResult]) -> list[str]:
              "planning decisions | planning s | failed |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         rep = r.report
-        planning = sum(p.planning_seconds for p in rep.replans)
+        planning = _planning_seconds(r)
         lines.append(f"| {r.app} | {r.models} | {r.requests:,} | **{r.wall_seconds:.2f}** | {r.cpu_seconds:.2f} | "
                      f"{rep.seconds:,.0f} | {rep.estimated_seconds:,.0f} | {_pct(rep.estimation_error)} | "
                      f"{len(rep.replans)} | {planning:.2f} | {r.failed} |")
@@ -136,7 +140,10 @@ def render(results: list[AppResult], host: str, seed: int, command: str) -> str:
         "## Summary",
         "",
         (f"- Slowest app: **{slowest.app}, {slowest.wall_seconds:.2f} s** wall end to end (goal under "
-        f"{WALL_GOAL_SECONDS:g} s for every app: **{'met' if met else 'not met'}**)."),
+        f"{WALL_GOAL_SECONDS:g} s for every app: **{'met' if met else 'not met'}**); "
+        f"{_planning_seconds(slowest):.1f} s of it in the planner ({len(slowest.report.replans)} planning decisions)."),
+        "- Over the goal: " + (", ".join(f"{r.app} {r.wall_seconds:.2f} s" for r in results
+                                        if r.wall_seconds >= WALL_GOAL_SECONDS) or "none") + ".",
         "- Every run report lists its re-planning decisions (below, per app).",
         "",
         ("`wall s` runs from creating the pool to closing it (planning included); `CPU s` is this process's CPU "

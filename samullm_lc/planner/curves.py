@@ -38,6 +38,9 @@ MIN_SCALED_REQUESTS = 128
 BATCHES_SIMULATED = 6
 """A longer share is cut to this many batches of the scale model (as many sequences as its batch limit and
 KV cache hold at the mean length); the rest is added at the fitted rate."""
+REPLICATED_MIN_BATCHES = 6
+"""A data-parallel option whose replicas each get at least this many batches of requests takes its curve from
+the single-replica option's instead of its own simulation (``ModelCurves._replicated``)."""
 
 
 @dataclass(slots=True)
@@ -101,6 +104,13 @@ def scale_factor(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndar
     return k
 
 
+def batch_size(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndarray) -> int:
+    """Sequences the engine runs at once on these requests: its batch limit, or what its KV cache holds at
+    their mean length."""
+    mean_length = float((prompt + output).mean()) if prompt.size else 1.0
+    return max(1, min(scheduler.max_num_seqs, int(scheduler.kv_capacity_tokens // mean_length)))
+
+
 def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, output: np.ndarray) -> EngineCurve:
     """Simulate one replica of ``option`` on its round-robin share of the requests and fit the curve.
 
@@ -120,9 +130,7 @@ def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, o
             "num_kv_blocks": scheduler.num_kv_blocks // k,
         })
         latency, prompt, output = ScaledLatency(latency, k), prompt[::k], output[::k]
-    mean_length = float((prompt + output).mean()) if prompt.size else 1.0
-    batch = max(1, min(scheduler.max_num_seqs, int(scheduler.kv_capacity_tokens // mean_length)))
-    keep = max(MIN_SCALED_REQUESTS // 2, BATCHES_SIMULATED * batch)
+    keep = max(MIN_SCALED_REQUESTS // 2, BATCHES_SIMULATED * batch_size(scheduler, prompt, output))
     if prompt.size > keep:
         step = -(-prompt.size // keep)
         prompt, output = prompt[::step], output[::step]
@@ -153,11 +161,35 @@ class ModelCurves:
         return self.engines.model
 
     def curve(self, option: EngineOption) -> EngineCurve:
-        """The curve of ``option``, simulated on first use."""
+        """The curve of ``option``, simulated on first use (or derived from one replica's, see ``_replicated``)."""
         curve = self.curves.get(option)
         if curve is None:
-            curve = self.curves[option] = fit_curve(option, self.engines, self.prompt, self.output)
+            curve = self.curves[option] = self._replicated(option) or fit_curve(
+                option, self.engines, self.prompt, self.output)
         return curve
+
+    def _replicated(self, option: EngineOption) -> EngineCurve | None:
+        """A data-parallel option's curve from its single-replica option's, when every replica's share is long.
+
+        A replica of ``r`` runs every r-th request on the single-replica engine: when its share is many
+        batches long, it drains at the same per-replica rate and ends with the same tail, so the option
+        processes ``r`` times the tokens per second. Deriving it saves a simulation per option and keeps
+        the options of one tensor-parallel degree consistent with each other (fitted separately, each
+        carries its own scale-model noise). Short shares are simulated: the tail dominates them.
+        """
+        if option.replicas == 1 or option.shared:
+            return None
+        single = EngineOption(tp=option.tp)
+        if single not in self.options:
+            return None
+        prompt, output = self.prompt[:: option.replicas], self.output[:: option.replicas]
+        if prompt.size < REPLICATED_MIN_BATCHES * batch_size(self.engines.scheduler(single), prompt, output):
+            return None
+        base = self.curve(single)
+        total = float((self.prompt + self.output).sum())
+        rate = base.rate * option.replicas
+        return EngineCurve(option=option, rate=rate, tail=base.tail, standalone_seconds=total / rate + base.tail,
+                           load_seconds=self.engines.load(option))
 
     def gpu_counts(self) -> list[float]:
         """GPU counts some option of this model occupies, fewest first."""

@@ -4,9 +4,9 @@ A planner turns a ``PlanningContext`` into a finished ``ExactRun``: its policy p
 replayed state, the replay decides when the stage ends. ``search`` runs greedy and the baselines as
 shadows: at the first stage where one would choose differently the run is forked, and that plan is
 replayed from there when the stage model puts it within ``REPLAY_MARGIN`` of the search's replayed time;
-the best replay is kept. So ``search`` is never worse than greedy or a baseline unless the stage model
-misjudges that plan by more than the margin (its search is seeded with them, so it is never worse in
-the stage model).
+the best replay is kept (the most promising plans are replayed first, so that a good one raises the bar
+for the rest). So ``search`` is never worse than greedy or a baseline unless the stage model misjudges that
+plan by more than the margin (its search is seeded with them, so it is never worse in the stage model).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class SearchPlanner(Planner):
     name = "search"
     summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
 
-    def policy(self, ctx: PlanningContext) -> Policy:
+    def policy(self, ctx: PlanningContext) -> SearchPolicy:
         """The stage policy of this planner for one planning run."""
         return SearchPolicy(ctx)
 
@@ -90,9 +90,13 @@ class SearchPlanner(Planner):
         shadows.update({name: policy(ctx) for name, policy in BASELINE_POLICIES.items()})
         shadowed = _Shadowed(self.policy(ctx), shadows)
         best = drive(ctx, fresh(), shadowed)
-        for name, (run, choice, state) in shadowed.forks.items():
-            if not self._promising(ctx, state, shadows[name], best.end_seconds()):
+        limit = best.end_seconds() * REPLAY_MARGIN
+        estimates = {name: self._estimate(ctx, state, shadows[name], limit)
+                     for name, (_, _, state) in shadowed.forks.items()}
+        for name in sorted(estimates, key=estimates.__getitem__):  # the most promising first: it raises the bar
+            if estimates[name] > best.end_seconds() * REPLAY_MARGIN:
                 continue
+            run, choice, _ = shadowed.forks[name]
             run.run_stage(choice)
             drive(ctx, run, shadows[name])
             if run.end_seconds() < best.end_seconds():
@@ -100,16 +104,15 @@ class SearchPlanner(Planner):
         return best
 
     @staticmethod
-    def _promising(ctx: PlanningContext, state: StageState, other: Policy, to_beat: float) -> bool:
-        """Whether another policy's plan from ``state`` could beat ``to_beat`` seconds: its stage-model
-        estimate is within ``REPLAY_MARGIN`` (the sequential baseline is first checked against a floor)."""
-        limit = to_beat * REPLAY_MARGIN
+    def _estimate(ctx: PlanningContext, state: StageState, other: Policy, limit: float) -> float:
+        """Another policy's stage-model estimate of its plan from ``state``; infinity if it cannot be within
+        ``limit`` (the sequential baseline is first checked against a floor)."""
         if isinstance(other, GreedyPolicy):
-            return other.predicted_end <= limit
+            return other.predicted_end
         if isinstance(other, SequentialPolicy) and sequential_floor(ctx, state) > limit:
-            return False
+            return float("inf")
         sequence = rollout(ctx, state, other.next_group)
-        return bool(sequence) and sequence[-1].end <= limit
+        return sequence[-1].end if sequence else float("inf")
 
 
 class _Shadowed:
