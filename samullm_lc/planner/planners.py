@@ -3,9 +3,9 @@
 A planner turns a ``PlanningContext`` into a finished ``ExactRun``: its policy picks each stage from the
 replayed state, the replay decides when the stage ends. ``search`` runs greedy and the baselines as
 shadows: at the first stage where one would choose differently the run is forked, and that plan is
-replayed from there when the stage model puts it within ``REPLAY_MARGIN`` of the search's replayed time;
-the best replay is kept (the most promising plans are replayed first, so that a good one raises the bar
-for the rest). So ``search`` is never worse than greedy or a baseline unless the stage model misjudges that
+replayed from there when the stage model puts it within ``REPLAY_MARGIN`` of the best replayed time so
+far; the best replay is kept (the most promising plans are replayed first, so that a good one raises the
+bar for the rest). So ``search`` is never worse than greedy or a baseline unless the stage model misjudges that
 plan by more than the margin (its search is seeded with them, so it is never worse in the stage model).
 """
 
@@ -23,7 +23,7 @@ from samullm_lc.planner.stages import Group, StageState
 
 REPLAY_MARGIN = 1.05
 """``search`` also replays greedy's or a baseline's plan when the stage model puts it within this factor of
-the search's replayed time."""
+the best replayed time so far."""
 EXHAUSTIVE_MAX_MODELS = 6
 EXHAUSTIVE_MAX_GPUS = 8
 
