@@ -34,6 +34,15 @@ def machine(*versions: str) -> str:
             f"load average {load} at the start")
 
 
+def publish(text: str, report: Path, *, write: bool = True) -> None:
+    """Print a results page and, unless ``write`` is off, write it to ``report`` (under docs/results)."""
+    print(text)
+    if write:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(text)
+        print(f"wrote {report.relative_to(ROOT)}")
+
+
 def load_paper_apps() -> ModuleType:
     """Import ``scripts/build_paper_apps.py`` by path (``scripts/`` is not a package)."""
     spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")

@@ -221,11 +221,7 @@ def main() -> None:
     if tuple(args.sizes) != SIZES:
         command += " --sizes " + " ".join(map(str, args.sizes))
     text = report(cases, args.seed, time.perf_counter() - start, command)
-    print(text)
-    if not args.no_write:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(text)
-        print(f"wrote {REPORT.relative_to(ROOT)}")
+    common.publish(text, REPORT, write=not args.no_write)
 
 
 if __name__ == "__main__":

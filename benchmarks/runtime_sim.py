@@ -189,11 +189,7 @@ def main() -> None:
     if args.seed:
         command += f" --seed {args.seed}"
     text = render(results, host, args.seed, command)
-    print(text)
-    if not args.no_write:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(text)
-        print(f"wrote {REPORT.relative_to(ROOT)}")
+    common.publish(text, REPORT, write=not args.no_write)
 
 
 if __name__ == "__main__":
