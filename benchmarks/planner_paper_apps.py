@@ -12,9 +12,10 @@ Reports, per case, each planner's estimated end-to-end seconds and planning CPU 
 around ``plan_app``: the planner is single-threaded, and CPU time is not inflated when other work shares the
 two cores), the lower bound, and our speedup over each baseline; then the median speedup over ``sequential``,
 the worst ratio of ours to the best baseline, and the plan time at N = 1,000. Writes
-``docs/results/planner-paper-apps.md``.
+``docs/results/planner-paper-apps.md``; with ``--curve-batches B`` (every planner and the lower bound on
+curves from B-batch candidate simulations instead of the default) ``planner-paper-apps-curves-B.md``.
 
-Run: ``/work/main/.venv/bin/python benchmarks/planner_paper_apps.py [--sizes 100 1000 5000]``
+Run: ``/work/main/.venv/bin/python benchmarks/planner_paper_apps.py [--sizes 100 1000 5000] [--curve-batches B]``
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import common
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.curves import BATCHES_SIMULATED
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "docs" / "results" / "planner-paper-apps.md"
@@ -68,15 +70,16 @@ class Case:
         return self.estimates[OURS] / min(self.estimates[name] for name in COMPETITORS if name in self.estimates)
 
 
-def run_case(app: AppGraph, n: int, topology: str, seed: int) -> Case:
+def run_case(app: AppGraph, n: int, topology: str, seed: int, curve_batches: int = BATCHES_SIMULATED) -> Case:
     """Plan ``app`` with every planner on the benchmark cluster."""
     cluster = Cluster.parse(CLUSTER, topology)  # type: ignore[arg-type]
-    case = Case(app=app.name, n=n, topology=topology, lower_bound=lower_bound_seconds(app, cluster, seed=seed))
+    bound = lower_bound_seconds(app, cluster, seed=seed, curve_batches=curve_batches)
+    case = Case(app=app.name, n=n, topology=topology, lower_bound=bound)
     for name in planners():
         seconds = []
         for _ in range(PLAN_TIME_REPEATS if name == OURS and n == GOAL_SIZE else 1):
             start = time.process_time()
-            plan = plan_app(app, cluster, name, seed=seed)
+            plan = plan_app(app, cluster, name, seed=seed, curve_batches=curve_batches)
             seconds.append(time.process_time() - start)
         case.plan_seconds[name] = statistics.median(seconds)
         case.estimates[name] = plan.estimated_seconds
@@ -144,7 +147,7 @@ def app_table(cases: list[Case]) -> list[str]:
     return lines
 
 
-def report(cases: list[Case], seed: int, wall_seconds: float, command: str) -> str:
+def report(cases: list[Case], seed: int, wall_seconds: float, command: str, curve_batches: int) -> str:
     """The markdown report."""
     over_sequential = [case.speedup("sequential") for case in cases]
     median_speedup = statistics.median(over_sequential)
@@ -161,7 +164,11 @@ def report(cases: list[Case], seed: int, wall_seconds: float, command: str) -> s
         "stand in for MixInstruct and RouterBench, which are not available offline; see "
         "[the paper apps](../paper-apps.md)). Cluster: 8 x A100-80GB, NVSwitch or NVLink pairs. Every estimate "
         "is the cost model's end-to-end time (model loads included) of the planner's plan, one output-length "
-        f"sample, seed {seed}.",
+        f"sample, seed {seed}. Candidate simulations keep {curve_batches} batches"
+        + (" (the default)." if curve_batches == BATCHES_SIMULATED else
+           f" instead of the default {BATCHES_SIMULATED}: more accurate curves, slower planning (see "
+           "[the curve accuracy](planner-curve-accuracy.md)); the default run is "
+           "[planner-paper-apps.md](planner-paper-apps.md)."),
         "",
         f"Ours is `{OURS}` (budgeted search with memo and bounds); `{PAPER}` is the paper's greedy; the "
         f"baselines are {', '.join(f'`{b}`' for b in BASELINES)}. `{YARDSTICK}` is left out: these instances are "
@@ -203,6 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curve-batches", type=int, default=BATCHES_SIMULATED,
+                        help="batches each candidate simulation keeps (default: the planner's)")
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     args = parser.parse_args()
 
@@ -213,15 +222,19 @@ def main() -> None:
         for name, build in builder.PAPER_APPS.items():
             app = build(n, args.seed)
             for topology in TOPOLOGIES:
-                case = run_case(app, n, topology, args.seed)
+                case = run_case(app, n, topology, args.seed, args.curve_batches)
                 cases.append(case)
                 times = ", ".join(f"{p} {case.estimates[p]:.0f} s/{case.plan_seconds[p]:.2f}" for p in case.estimates)
                 print(f"{name} N={n} {topology}: {times}", flush=True)
     command = "/work/main/.venv/bin/python benchmarks/planner_paper_apps.py"
     if tuple(args.sizes) != SIZES:
         command += " --sizes " + " ".join(map(str, args.sizes))
-    text = report(cases, args.seed, time.perf_counter() - start, command)
-    common.publish(text, REPORT, write=not args.no_write)
+    report_path = REPORT
+    if args.curve_batches != BATCHES_SIMULATED:
+        command += f" --curve-batches {args.curve_batches}"
+        report_path = REPORT.with_name(f"{REPORT.stem}-curves-{args.curve_batches}.md")
+    text = report(cases, args.seed, time.perf_counter() - start, command, args.curve_batches)
+    common.publish(text, report_path, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.bounds import standalone_lower_bound
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_context, build_engines
+from samullm_lc.planner.curves import BATCHES_SIMULATED
 from samullm_lc.planner.options import EngineOption, ModelEngines
 from samullm_lc.planner.placement import Assignment
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
@@ -35,14 +36,17 @@ def plan_app(
     allow_gpu_sharing: bool = True,
     allow_replicas: bool = True,
     profiles: dict[str, EngineProfile] | None = None,
+    curve_batches: int = BATCHES_SIMULATED,
 ) -> Plan:
     """Plan ``app`` on ``cluster``; ``estimated_seconds`` is the faithful replay on the sampled lengths.
 
     With ``num_samples`` > 1 the planner plans on each output-length sample, keeps the plan with the
-    lowest mean over all samples, and reports that mean and the (min, max) spread.
+    lowest mean over all samples, and reports that mean and the (min, max) spread. ``curve_batches`` is
+    how many batches each candidate simulation keeps: more make the search's curves more accurate under
+    KV pressure and the planning slower.
     """
     started = time.perf_counter()
-    settings = PlanningSettings(allow_sharing=allow_gpu_sharing, allow_replicas=allow_replicas)
+    settings = _settings(allow_gpu_sharing, allow_replicas, curve_batches)
     engines = build_engines(app, cluster, profiles=profiles)
     return _plan(app, cluster, planner, engines, settings, seed=seed, num_samples=num_samples, started=started)
 
@@ -90,12 +94,21 @@ def evaluate_plan(
 
 
 def lower_bound_seconds(
-    app: AppGraph, cluster: Cluster, *, seed: int = 0, profiles: dict[str, EngineProfile] | None = None
+    app: AppGraph, cluster: Cluster, *, seed: int = 0, profiles: dict[str, EngineProfile] | None = None,
+    curve_batches: int = BATCHES_SIMULATED,
 ) -> float:
-    """max(longest model alone on its fastest plan, total GPU-seconds of work / GPUs), loads included."""
+    """max(longest model alone on its fastest plan, total GPU-seconds of work / GPUs), loads included (on the
+    curves of ``curve_batches``-batch simulations, as ``plan_app``)."""
     engines = build_engines(app, cluster, profiles=profiles)
-    ctx = build_context(app, cluster, engines, PlanningSettings(), seed=seed)
+    ctx = build_context(app, cluster, engines, _settings(True, True, curve_batches), seed=seed)
     return standalone_lower_bound(ctx)
+
+
+def _settings(allow_sharing: bool, allow_replicas: bool, curve_batches: int) -> PlanningSettings:
+    if curve_batches < 1:
+        raise ConfigError(f"curve_batches must be at least 1 (batches each candidate simulation keeps), "
+                          f"got {curve_batches}")
+    return PlanningSettings(allow_sharing=allow_sharing, allow_replicas=allow_replicas, curve_batches=curve_batches)
 
 
 # ---- internals ---------------------------------------------------------------------------------------

@@ -14,17 +14,18 @@ from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.planner.curves import ModelCurves, model_curves
+from samullm_lc.planner.curves import BATCHES_SIMULATED, ModelCurves, model_curves
 from samullm_lc.planner.options import EngineOption, ModelEngines, build_model_engines
 from samullm_lc.planner.workload import Workload, sample_workload
 
 
 @dataclass(slots=True)
 class PlanningSettings:
-    """Switches of the plan space."""
+    """Switches of the plan space, and how long each candidate simulation runs."""
 
     allow_sharing: bool = True
     allow_replicas: bool = True
+    curve_batches: int = BATCHES_SIMULATED  # batches each candidate simulation keeps (``curves.fit_curve``)
 
 
 @dataclass(slots=True)
@@ -106,7 +107,7 @@ def build_context(
         options = model_engines.options(
             cluster.num_gpus, allow_replicas=settings.allow_replicas, allow_sharing=settings.allow_sharing
         )
-        curves[model] = model_curves(workload, model_engines, options)
+        curves[model] = model_curves(workload, model_engines, options, batches=settings.curve_batches)
     nodes = workload.nodes
     membership = np.array([[1.0 if n.model == m else 0.0 for n in nodes] for m in workload.models])
     return PlanningContext(

@@ -36,8 +36,9 @@ MAX_SCALE = 8
 MIN_SCALED_REQUESTS = 128
 """A scale model keeps at least this many requests."""
 BATCHES_SIMULATED = 6
-"""A longer share is cut to this many batches of the scale model (as many sequences as its batch limit and
-KV cache hold at the mean length); the rest is added at the fitted rate."""
+"""By default a longer share is cut to this many batches of the scale model (as many sequences as its batch
+limit and KV cache hold at the mean length); the rest is added at the fitted rate. More batches make the
+curves of engines under KV pressure more accurate and planning slower (docs/results/planner-curve-accuracy.md)."""
 REPLICATED_MIN_BATCHES = 6
 """A data-parallel option whose replicas each get at least this many batches of requests takes its curve from
 the single-replica option's instead of its own simulation (``ModelCurves._replicated``)."""
@@ -111,13 +112,14 @@ def batch_size(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndarra
     return max(1, min(scheduler.max_num_seqs, int(scheduler.kv_capacity_tokens // mean_length)))
 
 
-def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, output: np.ndarray) -> EngineCurve:
+def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, output: np.ndarray, *,
+              batches: int = BATCHES_SIMULATED) -> EngineCurve:
     """Simulate one replica of ``option`` on its round-robin share of the requests and fit the curve.
 
     The replica is simulated as a scale model: every k-th request, on an engine with 1/k of the batch
     limits and KV blocks, each step priced as the full step with k times its features. It keeps the
     batch dynamics (KV pressure, preemption, the tail) at a fraction of the cost. A share longer than
-    ``BATCHES_SIMULATED`` batches is subsampled and its remaining work added at the fitted rate.
+    ``batches`` batches is subsampled and its remaining work added at the fitted rate.
     """
     prompt, output = prompt[:: option.replicas], output[:: option.replicas]
     share = float((prompt + output).sum())
@@ -130,7 +132,7 @@ def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, o
             "num_kv_blocks": scheduler.num_kv_blocks // k,
         })
         latency, prompt, output = ScaledLatency(latency, k), prompt[::k], output[::k]
-    keep = max(MIN_SCALED_REQUESTS // 2, BATCHES_SIMULATED * batch_size(scheduler, prompt, output))
+    keep = max(MIN_SCALED_REQUESTS // 2, batches * batch_size(scheduler, prompt, output))
     if prompt.size > keep:
         step = -(-prompt.size // keep)
         prompt, output = prompt[::step], output[::step]
@@ -150,6 +152,7 @@ class ModelCurves:
     options: list[EngineOption]
     prompt: np.ndarray
     output: np.ndarray
+    batches: int = BATCHES_SIMULATED  # of each simulation (``fit_curve``)
     curves: dict[EngineOption, EngineCurve] = field(default_factory=dict)
     _best: dict[float, EngineCurve | None] = field(default_factory=dict)
     _efficient: dict[float, EngineCurve] = field(default_factory=dict)
@@ -165,7 +168,7 @@ class ModelCurves:
         curve = self.curves.get(option)
         if curve is None:
             curve = self.curves[option] = self._replicated(option) or fit_curve(
-                option, self.engines, self.prompt, self.output)
+                option, self.engines, self.prompt, self.output, batches=self.batches)
         return curve
 
     def _replicated(self, option: EngineOption) -> EngineCurve | None:
@@ -259,11 +262,12 @@ class ModelCurves:
         return list(self.curves.values())
 
 
-def model_curves(workload: Workload, engines: ModelEngines, options: list[EngineOption]) -> ModelCurves:
+def model_curves(workload: Workload, engines: ModelEngines, options: list[EngineOption], *,
+                 batches: int = BATCHES_SIMULATED) -> ModelCurves:
     """The (lazy) curves of one model over all its unfinished requests, in FCFS (topological) order."""
     nodes = [workload.nodes[i] for i in workload.model_nodes[engines.model]]
     prompt = np.concatenate([n.prompt[~n.done] for n in nodes])
     output = np.concatenate([n.output[~n.done] for n in nodes])
     if prompt.size == 0:
         prompt, output = np.ones(1, np.int64), np.ones(1, np.int64)
-    return ModelCurves(engines=engines, options=options, prompt=prompt, output=output)
+    return ModelCurves(engines=engines, options=options, prompt=prompt, output=output, batches=batches)

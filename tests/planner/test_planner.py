@@ -93,6 +93,19 @@ def test_plan_json_round_trip(chain_app):
     assert "stage 0" in again.describe()
 
 
+def test_curve_batches_reach_the_candidate_simulations_and_are_checked(two_independent):
+    app = make_app("long", [("a", SMALL, [])], requests=2000)
+    seconds = {}
+    for batches in (2, 24):
+        ctx = build_context(app, TWO_GPUS, build_engines(app, TWO_GPUS), PlanningSettings(curve_batches=batches))
+        seconds[batches] = ctx.curves[SMALL].curve(EngineOption(1)).standalone_seconds
+    assert seconds[2] != pytest.approx(seconds[24], rel=1e-6)
+    assert lower_bound_seconds(app, TWO_GPUS, curve_batches=24) <= plan_app(
+        app, TWO_GPUS, curve_batches=24).estimated_seconds + 1e-6
+    with pytest.raises(ConfigError, match="curve_batches must be at least 1"):
+        plan_app(two_independent, TWO_GPUS, curve_batches=0)
+
+
 def test_lower_bound_is_below_every_planner(two_independent):
     bound = lower_bound_seconds(two_independent, TWO_GPUS)
     for name in PLANNERS:
