@@ -482,7 +482,12 @@ class Driver:
             self.report.replans[-1].actual_stage_seconds = max(0.0, now - self.report.replans[-1].at_seconds)
 
     def _reconcile(self, stage: Stage | None) -> None:
-        """Make the running engines match ``stage``: keep the unchanged ones, stop the rest, start the new."""
+        """Make the running engines match ``stage``: keep the unchanged ones, stop the rest, start the new.
+
+        Engines are replicas: one whose model, devices, TP degree and memory share the stage keeps is kept even
+        when its model's plan gains or loses replicas (they are independent engines), so growing a model
+        onto freed devices does not restart the replicas it runs.
+        """
         wanted: dict[tuple[str, tuple[int, ...]], tuple[ExecutionPlan, StageEntry]] = {}
         for entry in stage.entries if stage else []:
             plan = entry.plan
@@ -491,7 +496,10 @@ class Driver:
                 wanted[(plan.model, devices)] = (plan, entry)
         for engine in self._engines.values():
             key = (engine.spec.model, engine.spec.devices)
-            if key in wanted and wanted[key][0] == engine.plan and not engine.stopping:
+            plan = wanted[key][0] if key in wanted else None
+            if plan is not None and not engine.stopping and (plan.tp, plan.memory_fraction) == (
+                    engine.plan.tp, engine.plan.memory_fraction):
+                engine.plan = plan
                 del wanted[key]
             elif not engine.stopping:
                 engine.stopping = True

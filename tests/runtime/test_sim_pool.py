@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
+from samullm_lc.planner import Cluster
+from samullm_lc.planner.plan import ExecutionPlan, Stage, StageEntry
 from samullm_lc.runtime.app_runner import AppRun
+from samullm_lc.runtime.backends.sim_backend import SimBackend
+from samullm_lc.runtime.driver import Driver, DriverSettings
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.requests import GenerationResult, RequestError
 
@@ -65,6 +69,26 @@ def test_64_simulated_gpus_run_a_wide_app():
     assert sum(m.requests_done for m in report.models) == 400 * 6
     assert max(d for span in report.engines for d in span.devices) < 64
     assert not _device_overlaps(report)
+
+
+def test_a_model_gaining_a_replica_keeps_the_replica_it_runs():
+    app = AppGraph(name="one", nodes=[LLMNode(name="a", model="Llama-2-7b-hf", input_tokens=[20] * 5, max_tokens=32)])
+    cluster = Cluster.parse("2xA100-80GB")
+    driver = Driver(app, cluster, SimBackend(cluster), models=app.models(), profiles={}, journal=None,
+                    settings=DriverSettings())
+
+    def stage(replicas: int, gpus: tuple[int, ...]) -> Stage:
+        plan = ExecutionPlan(model="Llama-2-7b-hf", tp=1, replicas=replicas, gpus=gpus)
+        return Stage(start_seconds=0, end_seconds=1, entries=[StageEntry(nodes=["a"], plan=plan)])
+
+    driver._reconcile(stage(1, (1,)))
+    driver._start_waiting_engines()
+    (first,) = driver._engines.values()
+    driver._reconcile(stage(2, (1, 0)))
+    assert not first.stopping and first.plan.replicas == 2
+    assert [spec.devices for spec, _ in driver._waiting_starts] == [(0,)]
+    driver._reconcile(stage(1, (0,)))  # the replica on GPU 1 is no longer wanted
+    assert first.stopping
 
 
 def test_bad_requests_fail_alone():

@@ -1,4 +1,5 @@
-"""The engine pool on the real vLLM CPU engine: pass-through, bad requests, a killed engine, a killed run."""
+"""The engine pool on the real vLLM CPU engine: pass-through, bad requests, a killed engine, a killed run, and
+worker processes reused across engines."""
 
 import os
 import signal
@@ -10,8 +11,11 @@ import time
 
 import pytest
 
-from samullm_lc.runtime.pool import EnginePool
-from samullm_lc.runtime.requests import RequestError
+from samullm_lc.planner import Cluster
+from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, RequestDone
+from samullm_lc.runtime.backends.vllm_backend import VllmBackend
+from samullm_lc.runtime.pool import EnginePool, default_engine_settings
+from samullm_lc.runtime.requests import Request, RequestError, SamplingSpec
 
 pytestmark = pytest.mark.engine
 MODEL = "tiny-llama-s"
@@ -51,6 +55,36 @@ def test_sampling_and_chat_pass_through_and_bad_requests_fail_alone(profiles):
         assert all(1 <= f.result(120).completions[0].num_tokens <= 5 for f in greedy)
     report = pool.report()
     assert report.models[0].requests_failed == 1 and report.models[0].requests_done == 26
+
+
+def _events_until(backend: VllmBackend, kind: type, engine_id: int, timeout: float = 180.0) -> list:
+    """Backend events until one of ``kind`` for ``engine_id`` arrives."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.extend(backend.wait(timeout=1.0))
+        if any(isinstance(e, kind) and e.engine_id == engine_id for e in seen):
+            return seen
+    raise AssertionError(f"no {kind.__name__} for engine {engine_id} within {timeout} s: {seen}")
+
+
+def test_a_stopped_engines_worker_process_hosts_the_next_engine():
+    backend = VllmBackend(default_engine_settings(Cluster.parse("2xcpu")), device_kind="cpu")
+    try:
+        backend.start_engine(EngineSpec(engine_id=0, model=MODEL, devices=(0,)))
+        _events_until(backend, EngineReady, 0)
+        first_pid = backend.pids()[0]
+        backend.stop_engine(0)
+        _events_until(backend, EngineStopped, 0)
+        backend.start_engine(EngineSpec(engine_id=1, model=MODEL, devices=(1,)))  # another core: re-pinned
+        _events_until(backend, EngineReady, 1)
+        assert backend.pids()[1] == first_pid
+        request = Request(id=7, model=MODEL, kind="text", prompt="hello again",
+                          sampling=SamplingSpec(max_tokens=5, ignore_eos=True))
+        backend.submit(1, [request])
+        done = [e for e in _events_until(backend, RequestDone, 1) if isinstance(e, RequestDone)]
+        assert done[0].error is None and done[0].result.completions[0].num_tokens == 5
+    finally:
+        backend.close()
 
 
 def test_a_killed_engine_process_is_replaced_and_every_result_arrives_once(profiles):
