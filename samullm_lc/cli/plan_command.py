@@ -81,7 +81,7 @@ def _too_big_for_exhaustive(app: AppGraph, cluster: Cluster) -> str | None:
 
 
 def _compare(
-    app: AppGraph, cluster: Cluster, chosen: str, seed: int, samples: int
+    app: AppGraph, cluster: Cluster, chosen: str, seed: int, samples: int, curve_batches: int
 ) -> tuple[dict[str, Plan], dict[str, str]]:
     """Every planner's plan, and why any planner was skipped."""
     from samullm_lc.planner import PLANNERS, plan_app
@@ -93,7 +93,7 @@ def _compare(
         if reason:
             skipped[name] = reason
         else:
-            plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples)
+            plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples, curve_batches=curve_batches)
     return plans, skipped
 
 
@@ -108,6 +108,9 @@ def plan(
     ] = DEFAULT_PLANNER,
     samples: Annotated[int, typer.Option(min=1, help="Output-length samples to plan on (reports the spread).")] = 1,
     seed: int = 0,
+    curve_batches: Annotated[int | None, typer.Option(min=1, help=(
+        "Batches each candidate simulation keeps (default: the planner's): more give more accurate curves "
+        "under KV pressure and slower planning."))] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON: the plan, or with --compare the estimates.")
     ] = False,
@@ -126,16 +129,19 @@ def plan(
     try:
         from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
         from samullm_lc.planner.cluster import Cluster
+        from samullm_lc.planner.curves import BATCHES_SIMULATED
 
+        batches = curve_batches or BATCHES_SIMULATED
         _check_planner(planner, PLANNERS)
         _check_topology(topology)
         app = _load_app(app_path)
         target = Cluster.parse(cluster, topology)  # type: ignore[arg-type]
         if compare:
-            plans, skipped = _compare(app, target, planner, seed, samples)
-            bound = lower_bound_seconds(app, target, seed=seed)
+            plans, skipped = _compare(app, target, planner, seed, samples, batches)
+            bound = lower_bound_seconds(app, target, seed=seed, curve_batches=batches)
         else:
-            plans, skipped = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples)}, {}
+            plans = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples, curve_batches=batches)}
+            skipped = {}
     except SamullmError as error:
         _fail(error)
 

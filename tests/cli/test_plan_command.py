@@ -148,3 +148,14 @@ def test_an_unwritable_gantt_path_exits_2(small_app, tmp_path):
     result = runner.invoke(app, plan_args(small_app, "--planner", "sequential", "--gantt", str(blocker / "plan.png")))
     assert result.exit_code == 2
     assert "gantt" in result.output and "plan.png" in result.output
+
+
+def test_curve_batches_reach_the_planner_and_are_checked(small_app):
+    from samullm_lc.planner import Cluster, plan_app
+
+    result = runner.invoke(app, plan_args(small_app, "--curve-batches", "24", "--json"))
+    assert result.exit_code == 0, result.output
+    expected = plan_app(AppGraph.load(small_app), Cluster.parse("8xA100-80GB"), curve_batches=24)
+    assert json.loads(result.stdout)["estimated_seconds"] == pytest.approx(expected.estimated_seconds)
+    refused = runner.invoke(app, plan_args(small_app, "--curve-batches", "0"))
+    assert refused.exit_code != 0 and "curve-batches" in refused.output
