@@ -9,16 +9,17 @@ closes has died, and its unfinished requests are reported so the pool can run th
 
 A worker whose engine was stopped shuts the engine down and waits, with vLLM and torch still imported, for
 the next engine: starting an engine in it is a model load (about 1.5 s for the tiny models here) instead
-of a process start that imports them again (12-17 s on this machine). On the CPU any idle worker is
-re-pinned to the new engine's cores; on GPUs only one pinned to the same devices is reused, since a
-process cannot change its visible devices once CUDA is initialised. At most ``MAX_IDLE_WORKERS`` wait.
+of a process start that imports them again (12-17 s on this machine). A worker on the same devices is
+preferred. On the CPU another one with as many cores will do: it is re-pinned to the new cores (its
+OpenMP thread count is fixed once vLLM has started, hence the same count). On GPUs only one on the same
+devices is reused, since a process cannot change its visible devices once CUDA is initialised. At most
+``MAX_IDLE_WORKERS`` wait.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -98,11 +99,14 @@ class VllmBackend:
         self._workers[spec.engine_id] = _Worker(spec=spec, process=process, conn=parent)
 
     def _reusable(self, spec: EngineSpec) -> _IdleWorker | None:
-        """An idle worker that can host ``spec`` (any on the CPU, one on the same devices on GPUs), taken."""
-        for index, idle in enumerate(self._idle):
-            if self._device_kind == "cpu" or idle.devices == spec.devices:
-                return self._idle.pop(index)
-        return None
+        """An idle worker that can host ``spec``, taken: one on its devices, else on the CPU one with as many."""
+        fits = [idle for idle in self._idle if idle.devices == spec.devices]
+        if not fits and self._device_kind == "cpu":
+            fits = [idle for idle in self._idle if len(idle.devices) == len(spec.devices)]
+        if not fits:
+            return None
+        self._idle.remove(fits[0])
+        return fits[0]
 
     def _retire(self, idle: _IdleWorker) -> None:
         """Tell an idle worker to exit (it is reaped later)."""
@@ -188,13 +192,14 @@ class VllmBackend:
         """The engine is done with. A worker stopped on request waits for the next engine (up to
         ``MAX_IDLE_WORKERS``); any other exits on its own (reaped later, so ``wait`` never blocks)."""
         self._workers.pop(worker.spec.engine_id, None)
-        if reusable and len(self._idle) < MAX_IDLE_WORKERS:
-            self._idle.append(_IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices))
-        elif reusable:
-            self._retire(_IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices))
-        else:
+        idle = _IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices)
+        if not reusable:
             worker.conn.close()
             self._exiting.append(worker.process)
+        elif len(self._idle) < MAX_IDLE_WORKERS:
+            self._idle.append(idle)
+        else:
+            self._retire(idle)
         self._exiting = [p for p in self._exiting if p.is_alive()]
         return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure)
 
@@ -226,15 +231,12 @@ def cpu_pinning_env(cores: list[int]) -> dict[str, str]:
 
 
 def pin_process(pinning: dict[str, Any]) -> None:
-    """Apply a pinning (environment, CPU affinity) to this process; torch's thread count too once it is loaded
-    (a reused worker), since OpenMP reads ``OMP_NUM_THREADS`` only when it starts."""
+    """Apply a pinning (environment, CPU affinity) to this process before vLLM and torch load, or again in a
+    reused worker (the affinity moves; the OpenMP thread count stays the first engine's)."""
     os.environ.update(pinning["env"])
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if pinning["cores"]:
         os.sched_setaffinity(0, pinning["cores"])
-    torch = sys.modules.get("torch")
-    if torch is not None and "OMP_NUM_THREADS" in pinning["env"]:
-        torch.set_num_threads(int(pinning["env"]["OMP_NUM_THREADS"]))
 
 
 # ---- the worker process ------------------------------------------------------------------------------
