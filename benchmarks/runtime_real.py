@@ -6,7 +6,8 @@ The app has two levels: ``a`` (tiny-llama-s) and ``b`` (tiny-llama-m) answer N p
 The same app runs several ways, each timed from nothing running (process starts and model loads included) to
 the last result of ``c``:
 
-- **pool**: ``EnginePool(app, "2xcpu")`` with the default planner; one engine process per core.
+- **pool**: ``EnginePool(app, "2xcpu")`` with the default planner; one engine at a time per core, each in a
+  worker process that the next engine on that core reuses.
 - **sequential**: in topological order, a fresh process with both cores (``OMP_NUM_THREADS=2``) loads ``a``,
   runs its batch with one ``vllm.LLM.generate`` and exits (the unload); then ``b``, then ``c``.
 - **sequential, one process** (``--one-process-sequential``): one process loads, runs and unloads
@@ -740,8 +741,9 @@ def main() -> None:
     workload = Workload(app=app, seed=args.seed)
     profiles = pool_profiles(app.models())
     variants = [
-        Variant("pool", "`EnginePool(app, \"2xcpu\")`, default planner (`search`); one engine process per core, "
-                "requests of `c` submitted as their upstream requests finish."),
+        Variant("pool", "`EnginePool(app, \"2xcpu\")`, default planner (`search`); one engine at a time per core, "
+                "each in a worker process the next engine on that core reuses; requests of `c` submitted as "
+                "their upstream requests finish."),
         Variant("sequential", "for a, b, c in turn, a fresh process on both cores (2 OpenMP threads) loads the "
                 "model, runs one `LLM.generate` over its batch and exits (the unload); the next starts after it."),
         Variant("all at once", "three processes started together, each on both cores (2 OpenMP threads): a and b "
