@@ -34,6 +34,11 @@ def machine(*versions: str) -> str:
             f"load average {load} at the start")
 
 
+def reproduce(command: str) -> list[str]:
+    """The closing section of a results page: the command that regenerates it."""
+    return ["## Reproduce", "", "```", command, "```", ""]
+
+
 def publish(text: str, report: Path, *, write: bool = True) -> None:
     """Print a results page and, unless ``write`` is off, write it to ``report`` (under docs/results)."""
     print(text)

@@ -153,12 +153,7 @@ def report(engines: list[Engine], fit_seconds: dict[int, float], wall_seconds: f
         "24` reruns the planner benchmark on 24-batch curves: "
         "[planner-paper-apps-curves-24.md](planner-paper-apps-curves-24.md).",
         "",
-        "## Reproduce",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *common.reproduce(command),
     ]
     return "\n".join(lines)
 

@@ -201,7 +201,7 @@ def report(cases: list[Case], seed: int, wall_seconds: float, command: str, curv
               "Estimated end-to-end seconds, with the planner's planning CPU seconds in parentheses. "
               "`vs best baseline` is the best of " + ", ".join(f"`{c}`" for c in COMPETITORS)
               + " over ours (at least 1.00x: ours is never worse).",
-              "", *case_table(cases), "", "## Reproduce", "", "```", command, "```", ""]
+              "", *case_table(cases), "", *common.reproduce(command)]
     return "\n".join(lines)
 
 

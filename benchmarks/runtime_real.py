@@ -653,12 +653,7 @@ def render(args: argparse.Namespace, app: AppGraph, variants: list[Variant], rep
         "",
         *core_time_table(report),
         "",
-        "## Reproduce",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *common.reproduce(command),
     ]
     return "\n".join(lines)
 

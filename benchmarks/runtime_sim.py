@@ -158,7 +158,7 @@ def render(results: list[AppResult], host: str, seed: int, command: str) -> str:
         lines += ["", f"## {result.app}", "", "Per model:", "", *model_table(result), "",
                   (f"Planning decisions ({len(result.report.replans)}; stages of more than {STAGE_ENTRIES_SHOWN} "
                   "engines are cut short):"), "", *replan_table(result)]
-    lines += ["", "## Reproduce", "", "```", command, "```", ""]
+    lines += ["", *common.reproduce(command)]
     return "\n".join(lines)
 
 
