@@ -248,7 +248,10 @@ def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning:
     while True:
         if not _run_engine(conn, model, settings, pinning):
             return
-        kind, payload = conn.recv()
+        try:
+            kind, payload = conn.recv()
+        except EOFError:  # the pool's process is gone
+            return
         if kind != "start":
             return
         model, settings, pinning = payload
