@@ -41,6 +41,7 @@ only a request whose own arrival time is later than the clock makes the deferred
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -121,6 +122,12 @@ class _StepTimes:
         self.unpriced: list[tuple[int, int, int, int, int, float, float]] = []
         self.gap = 0.0  # seconds passing after the unpriced steps so far, before the next one
 
+    def copy(self) -> _StepTimes:
+        """An independent copy (the unpriced rows are tuples, so a shallow list copy will do)."""
+        clone = _StepTimes.__new__(_StepTimes)
+        clone._ends, clone.priced, clone.unpriced, clone.gap = self._ends.copy(), self.priced, self.unpriced.copy(), self.gap
+        return clone
+
     def record(self, end: float) -> None:
         """Append the end time of one step."""
         if self.priced + 1 >= self._ends.size:
@@ -193,6 +200,14 @@ class _DecodeBatch:
         self.offset_sum = 0
         self._finishing: list[tuple[int, int, int]] = []  # heap of (finishing step, id, offset); stale kept
         self.first_tokens_due: list[int] = []  # ids whose next step computes the prompt's last token
+
+    def copy(self) -> _DecodeBatch:
+        """An independent copy (its containers hold numbers and tuples, so shallow copies will do)."""
+        clone = _DecodeBatch.__new__(_DecodeBatch)
+        clone.block_size, clone.offset_sum = self.block_size, self.offset_sum
+        clone.offsets, clone.residues = self.offsets.copy(), self.residues.copy()
+        clone._finishing, clone.first_tokens_due = self._finishing.copy(), self.first_tokens_due.copy()
+        return clone
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -319,6 +334,20 @@ class ContinuousBatchingSimulator:
         # Rows of [start, seconds, first step, steps, prefill tokens, decode seqs, running, waiting, seconds
         # deferred before the first step]; start and seconds are nan until the steps are priced.
         self._trace: list[list[float]] = []
+
+    def __deepcopy__(self, memo: dict[int, object]) -> ContinuousBatchingSimulator:
+        """An independent copy of the engine state, for forking a replay. The config and latency model are
+        shared (read-only); every container is copied one level deep, which is all its numbers need:
+        ``copy.deepcopy`` would walk each of them and made forking a large replay take seconds."""
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        for name in ("_prompt", "_end_tokens", "_num_tokens", "_finish_step", "_first_token_step", "_slots",
+                     "_waiting", "_pending", "_blocked", "_blocked_arrival", "_times"):
+            setattr(clone, name, getattr(self, name).copy())
+        clone._batch = self._batch.copy() if self._batch is not None else None
+        clone._followers = {request: waiting.copy() for request, waiting in self._followers.items()}
+        clone._trace = [row.copy() for row in self._trace]
+        return clone
 
     # ---- input -------------------------------------------------------------------------------------
     def add_requests(

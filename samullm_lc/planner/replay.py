@@ -52,6 +52,14 @@ class _Replica:
     place: dict[tuple[int, int], int] = field(default_factory=dict)  # (node, request) -> place
     result: SimulationResult | None = None
 
+    def __deepcopy__(self, memo: dict[int, object]) -> _Replica:
+        """A copy for a forked run: the lists and dict hold numbers and tuples, so shallow copies will do
+        (``copy.deepcopy`` walked every entry); the result is shared, as it is replaced, never changed."""
+        clone = _Replica(copy.deepcopy(self.sim, memo), self.nodes.copy(), self.requests.copy(),
+                         self.arrivals.copy(), self.place.copy(), self.result)
+        memo[id(self)] = clone
+        return clone
+
 
 class Engine:
     """One model's engine under one placement; it computes from ``origin`` (global seconds, load done) on."""

@@ -1,5 +1,7 @@
 """vLLM v1 scheduling behaviours of the simulator, on small cases computed by hand."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -276,3 +278,34 @@ def test_a_request_due_during_an_admission_does_not_stop_the_run():
     slow = slow.run()
     assert fast.finished and fast.num_steps == slow.num_steps
     np.testing.assert_allclose(fast.finish_seconds, slow.finish_seconds, rtol=1e-9)
+
+
+@pytest.mark.parametrize("overshoot_ok", [False, True])
+def test_a_deep_copy_taken_mid_run_continues_on_its_own(overshoot_ok):
+    # The planner forks replays with copy.deepcopy: the copy shares no mutable state with the original, and
+    # both finish exactly like an uncopied run, even when one of them is given more requests first.
+    rng = np.random.default_rng(11)
+    n = 120
+    inputs, outputs = rng.integers(1, 300, n), rng.geometric(1 / 40, n).clip(1, 300)
+    arrivals = np.sort(rng.uniform(0, 3, n))
+    after = [[int(rng.integers(0, k))] if k >= 40 else [] for k in range(n)]
+    cfg = config(num_kv_blocks=120, max_model_len=512, max_num_seqs=16, max_num_batched_tokens=128)
+    latency = LinearLatencyModel(intercept_seconds=0.01, coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3})
+    reference = ContinuousBatchingSimulator(cfg, latency)
+    reference.add_requests(inputs, outputs, arrivals, after=after)
+    expected = reference.run()
+
+    sim = ContinuousBatchingSimulator(cfg, latency)
+    sim.add_requests(inputs, outputs, arrivals, after=after)
+    sim.run(until=2.4, overshoot_ok=overshoot_ok)
+    assert sim._batch is not None  # copied in decode mode, the state with the most containers
+    clone = copy.deepcopy(sim)
+    shared = [name for name, value in vars(sim).items()
+              if name not in ("config", "latency") and not isinstance(value, (int, float, bool, tuple))
+              and value is getattr(clone, name)]
+    assert shared == []
+    sim.add_requests([50], [20], [expected.total_seconds])  # only the original gets this one
+    extended, copied = sim.run(), clone.run()
+    np.testing.assert_allclose(copied.finish_seconds, expected.finish_seconds, rtol=1e-9)
+    np.testing.assert_allclose(extended.finish_seconds[:n], expected.finish_seconds, rtol=1e-9)
+    assert extended.finish_seconds.size == n + 1 and copied.finish_seconds.size == n
