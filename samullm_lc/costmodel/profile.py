@@ -31,6 +31,10 @@ class EngineProfile(BaseModel):
     latency: LinearLatencyModel
     fit: FitQuality
     load_seconds: float = Field(ge=0, description="Engine start: weights, KV-cache allocation, warm-up.")
+    process_start_seconds: float | None = Field(
+        None, ge=0, description="What a process's first engine start takes on top of load_seconds (importing "
+        "vLLM and what it loads lazily); None if the profiling process had imported vLLM before.",
+    )
     output_lengths: OutputLengthDistribution | None = None
     engine: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     measured_steps: list[tuple[float, float, float, float, float, float]] = Field(

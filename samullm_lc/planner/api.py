@@ -62,10 +62,14 @@ def replan(
     allow_replicas: bool = True,
     profiles: dict[str, EngineProfile] | None = None,
 ) -> Plan:
-    """Plan what is left of a run from ``state``; the plan's time 0 is now, running engines start loaded."""
+    """Plan what is left of a run from ``state``; the plan's time 0 is now, running engines start loaded.
+
+    Engines the plan starts are charged their model load only: the runtime's pool starts them in the
+    processes of engines it stopped, which have vLLM imported already.
+    """
     started = time.perf_counter()
     state.check(app)
-    settings = PlanningSettings(allow_sharing=allow_gpu_sharing, allow_replicas=allow_replicas)
+    settings = PlanningSettings(allow_sharing=allow_gpu_sharing, allow_replicas=allow_replicas, cold_start=False)
     engines = build_engines(app, cluster, profiles=profiles, output_lengths=state.output_lengths,
                             load_seconds=state.load_seconds)
     running = {m: _assignment(plan, cluster, engines[m]) for m, plan in state.engines.items() if plan is not None}

@@ -26,6 +26,7 @@ class PlanningSettings:
     allow_sharing: bool = True
     allow_replicas: bool = True
     curve_batches: int = BATCHES_SIMULATED  # batches each candidate simulation keeps (``curves.fit_curve``)
+    cold_start: bool = True  # no worker process is up yet: the first stage's engines each start one
 
 
 @dataclass(slots=True)
@@ -62,6 +63,15 @@ class PlanningContext:
     def options(self, model: str) -> list[EngineOption]:
         """Every option the model may run with on this cluster."""
         return self.curves[model].options
+
+    def process_start_seconds(self, model: str, *, first_stage: bool) -> float:
+        """Extra start-up of ``model``'s engine when it needs a new worker process (importing vLLM).
+
+        In a plan made from scratch (``cold_start``) the first stage's engines do; later engines reuse the
+        process of an engine that stopped, as the runtime's pool does. Profiled engines only: the analytic
+        GPU load time includes the start-up.
+        """
+        return self.engines[model].process_start_seconds if self.settings.cold_start and first_stage else 0.0
 
     def model_work(self, remaining: np.ndarray) -> np.ndarray:
         """Tokens left per model (in ``models`` order) given tokens left per node."""

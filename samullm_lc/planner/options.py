@@ -157,6 +157,7 @@ class ModelEngines:
     shared_scheduler: SchedulerConfig | None
     load_seconds: dict[int, float]
     sampling: ModelSampling
+    process_start_seconds: float = 0.0  # an engine needing a new worker process pays this first (profiled)
     profile: EngineProfile | None = None
     output_lengths: OutputLengthDistribution | None = None
     _cost_models: dict[int, CostModel] = field(default_factory=dict)
@@ -233,6 +234,7 @@ def build_model_engines(
         except DoesNotFitError:
             shared = None
     loads.update({tp: s for tp, s in (load_overrides or {}).items() if tp in loads})
+    process_start = profile.process_start_seconds if profile is not None else None
     lengths = output_lengths or (profile.output_lengths if profile is not None else None)
     max_model_len = min(s.max_model_len for s in schedulers.values())
     sampling = ModelSampling(
@@ -243,6 +245,7 @@ def build_model_engines(
     return ModelEngines(
         model=model, cluster=cluster, architecture=architecture, schedulers=schedulers, shared_scheduler=shared,
         load_seconds=loads, sampling=sampling, profile=profile, output_lengths=output_lengths,
+        process_start_seconds=process_start or 0.0,
     )
 
 

@@ -284,7 +284,8 @@ class ExactRun:
             self._stop(model)
         for model, assignment in chosen.items():
             if model not in self.live:
-                self._start(assignment, start, self.ctx.engines[model].load(assignment.option))
+                load = self.ctx.engines[model].load(assignment.option)
+                self._start(assignment, start, load + self.ctx.process_start_seconds(model, first_stage=not self.stages))
         nodes = self._stage_nodes(chosen, listed)
         end = self._simulate_stage(nodes)
         if end is None:

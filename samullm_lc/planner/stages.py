@@ -150,7 +150,9 @@ def run_stage(ctx: PlanningContext, state: StageState, group: Group) -> StageOut
     member = np.zeros(ctx.num_nodes, dtype=bool)
     member[nodes] = True
     curves = {m: ctx.curves[m].curve(a.option) for m, a in chosen.items()}
-    loads = {m: 0.0 if m in kept else curves[m].load_seconds for m in chosen}
+    first_stage = state.time == 0.0 and not state.engines
+    loads = {m: 0.0 if m in kept else curves[m].load_seconds + ctx.process_start_seconds(m, first_stage=first_stage)
+             for m in chosen}
     free = {m: max(state.ready.get(m, state.time), state.time) if m in kept else state.time + loads[m] for m in chosen}
     begin = np.zeros(ctx.num_nodes)
     finish = np.full(ctx.num_nodes, np.inf)

@@ -23,6 +23,8 @@ from samullm_lc.runtime.pool import default_engine_settings
 from samullm_lc.runtime.vllm_engine import engine_settings_for
 
 DEFAULT_SCALE = 0.5
+PROFILE_FORMAT = 2
+"""Part of the cache key: profiles of format 1 counted importing vLLM in the load time."""
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +46,7 @@ def pool_profile(model: str, *, cache_dir: str | Path | None = None, scale: floa
 
     settings = default_engine_settings(Cluster.parse("1xcpu"))(EngineSpec(engine_id=0, model=model, devices=(0,)))
     key_source = json.dumps([settings.model_dump(), _files_digest(Path(settings.model)), scale, seed,
-                             vllm.__version__], sort_keys=True, default=str)
+                             vllm.__version__, PROFILE_FORMAT], sort_keys=True, default=str)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     path = Path(cache_dir or default_cache_dir()) / f"{Path(model).name}-{key}.profile.json"
     if path.exists():

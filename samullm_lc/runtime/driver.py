@@ -258,9 +258,16 @@ class Driver:
             engine = self._engines.get(event.engine_id)
             if engine is not None:
                 engine.ready_at = self.backend.now()
-                self._loads[engine.spec.model][engine.spec.tp] = event.load_seconds
+                self._loads[engine.spec.model][engine.spec.tp] = self._model_load(engine.spec.model, event)
         elif isinstance(event, EngineStopped):
             self._engine_gone(event)
+
+    def _model_load(self, model: str, event: EngineReady) -> float:
+        """The observed start without the process start-up, which re-planned engines do not pay (they start in
+        stopped engines' processes): a fresh process's start less the profile's process start."""
+        profile = self.profiles.get(model)
+        extra = profile.process_start_seconds if event.fresh_process and profile is not None else None
+        return max(0.0, event.load_seconds - (extra or 0.0))
 
     def _resolved(self, request: Request) -> None:
         if self._requests.pop(request.id, None) is not None:

@@ -9,7 +9,7 @@ from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ProfileError
-from samullm_lc.planner import Cluster, evaluate_plan, plan_app
+from samullm_lc.planner import Cluster, RunState, evaluate_plan, plan_app, replan
 from tests.planner.conftest import make_app
 
 
@@ -40,3 +40,19 @@ def test_cpu_without_profile_asks_for_one():
     app = make_app("cpu", [("a", "tiny-a", [])], requests=4)
     with pytest.raises(ProfileError, match="samullm profile"):
         plan_app(app, Cluster.parse("1xcpu"))
+
+
+def test_only_the_first_stage_of_a_fresh_plan_pays_the_process_start():
+    # One slot, b reads a: a's engine starts a worker process (import 10 s + load 4 s); b's engine reuses the
+    # process a's engine leaves, and a re-plan of a running pool reuses processes for every engine.
+    app = make_app("cpu", [("a", "tiny-a", []), ("b", "tiny-b", ["a"])], requests=24, prompt=50, output=30)
+    cluster = Cluster.parse("1xcpu")
+    profiles = {m: _profile(m, 0.02).model_copy(update={"process_start_seconds": 10.0}) for m in ("tiny-a", "tiny-b")}
+    plan = plan_app(app, cluster, profiles=profiles)
+    loads = [(e.plan.model, e.load_seconds) for s in plan.stages for e in s.entries if e.load_seconds]
+    assert loads == [("tiny-a", pytest.approx(14.0)), ("tiny-b", pytest.approx(4.0))]
+    without = plan_app(app, cluster, profiles={m: _profile(m, 0.02) for m in profiles})
+    assert plan.estimated_seconds == pytest.approx(without.estimated_seconds + 10.0)
+    assert evaluate_plan(app, cluster, plan, profiles=profiles) == pytest.approx(plan.estimated_seconds)
+    again = replan(app, cluster, RunState(), profiles=profiles)
+    assert [e.load_seconds for s in again.stages for e in s.entries if e.load_seconds] == [pytest.approx(4.0)] * 2

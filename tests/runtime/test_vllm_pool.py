@@ -29,6 +29,12 @@ def profiles():
     return pool_profiles([MODEL], scale=PROFILE_SCALE)
 
 
+def test_the_pool_profile_tells_the_process_start_from_the_model_load(profiles):
+    # Measured in a fresh process: its first engine start imports vLLM, a second one only loads the model.
+    profile = profiles[MODEL]
+    assert profile.process_start_seconds is not None and profile.process_start_seconds > profile.load_seconds > 0
+
+
 def test_sampling_and_chat_pass_through_and_bad_requests_fail_alone(profiles):
     with EnginePool(None, "1xcpu", models=[MODEL], profiles=profiles, progress=False) as pool:
         seeded = {"max_tokens": 12, "temperature": 1.0, "seed": 7}
@@ -67,17 +73,24 @@ def _events_until(backend: VllmBackend, kind: type, engine_id: int, timeout: flo
     raise AssertionError(f"no {kind.__name__} for engine {engine_id} within {timeout} s: {seen}")
 
 
+def _ready(events: list, engine_id: int) -> EngineReady:
+    return next(e for e in events if isinstance(e, EngineReady) and e.engine_id == engine_id)
+
+
 def test_a_stopped_engines_worker_process_hosts_the_next_engine():
     backend = VllmBackend(default_engine_settings(Cluster.parse("2xcpu")), device_kind="cpu")
     try:
         backend.start_engine(EngineSpec(engine_id=0, model=MODEL, devices=(0,)))
-        _events_until(backend, EngineReady, 0)
+        fresh = _ready(_events_until(backend, EngineReady, 0), 0)
         first_pid = backend.pids()[0]
         backend.stop_engine(0)
         _events_until(backend, EngineStopped, 0)
         backend.start_engine(EngineSpec(engine_id=1, model=MODEL, devices=(1,)))  # another core: re-pinned
-        _events_until(backend, EngineReady, 1)
+        reused = _ready(_events_until(backend, EngineReady, 1), 1)
         assert backend.pids()[1] == first_pid
+        # A reused process has vLLM imported: its engine starts in a fraction of the fresh process's time.
+        assert fresh.fresh_process and not reused.fresh_process
+        assert reused.load_seconds < 0.5 * fresh.load_seconds
         request = Request(id=7, model=MODEL, kind="text", prompt="hello again",
                           sampling=SamplingSpec(max_tokens=5, ignore_eos=True))
         backend.submit(1, [request])

@@ -30,6 +30,7 @@ class EngineReady:
 
     engine_id: int
     load_seconds: float
+    fresh_process: bool = False  # the first engine of a new worker process: the load includes importing vLLM
 
 
 @dataclass(frozen=True, slots=True)

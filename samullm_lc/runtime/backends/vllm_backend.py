@@ -170,7 +170,8 @@ class VllmBackend:
             while worker.conn.poll():
                 kind, payload = worker.conn.recv()
                 if kind == "ready":
-                    events.append(EngineReady(engine_id, float(payload)))
+                    seconds, fresh = payload
+                    events.append(EngineReady(engine_id, float(seconds), fresh_process=bool(fresh)))
                 elif kind == "done":
                     for request_id, completions, prompt_tokens, error in payload:
                         worker.in_flight.discard(request_id)
@@ -245,9 +246,11 @@ def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning:
 
     Every failure is reported on ``conn``; after a failed engine the process ends.
     """
+    fresh = True
     while True:
-        if not _run_engine(conn, model, settings, pinning):
+        if not _run_engine(conn, model, settings, pinning, fresh=fresh):
             return
+        fresh = False
         try:
             kind, payload = conn.recv()
         except EOFError:  # the pool's process is gone
@@ -257,8 +260,10 @@ def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning:
         model, settings, pinning = payload
 
 
-def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> bool:
-    """Start one engine and serve it until the pool stops it; False if it failed."""
+def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any], *,
+                fresh: bool) -> bool:
+    """Start one engine (the process's first if ``fresh``) and serve it until the pool stops it; False if it
+    failed."""
     pin_process(pinning)
     started = time.monotonic()
     try:
@@ -266,7 +271,7 @@ def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning:
     except Exception as exc:  # any start failure must reach the pool, which reports it
         conn.send(("fatal", f"cannot start the engine for {model}: {type(exc).__name__}: {exc}"))
         return False
-    conn.send(("ready", time.monotonic() - started))
+    conn.send(("ready", (time.monotonic() - started, fresh)))
     try:
         engine.serve(conn)
         return True
