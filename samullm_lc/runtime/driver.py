@@ -325,14 +325,24 @@ class Driver:
         return [e for e in self._engines.values() if e.spec.model == model and not e.stopping]
 
     def _dispatch(self) -> None:
-        """Top every ready engine up to ``max_in_flight`` from its model's queue (least loaded replica first)."""
+        """Top every ready engine up from its model's queue, least loaded replica first.
+
+        An engine holds at most ``max_in_flight`` requests and at most its share of the model's outstanding
+        ones (queued and in flight, over the replicas up or loading): the replica ready first must not take
+        everything, as the plan counts on each replica doing its part.
+        """
         for model, queue in self._queues.items():
             if not queue:
                 continue
-            engines = [e for e in self._engines_of(model) if e.ready_at is not None]
-            while queue and engines:
+            replicas = self._engines_of(model)
+            engines = [e for e in replicas if e.ready_at is not None]
+            if not engines:
+                continue
+            outstanding = len(queue) + sum(e.in_flight for e in replicas)
+            limit = min(self.settings.max_in_flight, -(-outstanding // len(replicas)))
+            while queue:
                 engine = min(engines, key=lambda e: e.in_flight)
-                room = self.settings.max_in_flight - engine.in_flight
+                room = limit - engine.in_flight
                 if room <= 0:
                     break
                 batch = [self._requests[queue.popleft()] for _ in range(min(room, len(queue)))]

@@ -91,6 +91,19 @@ def test_a_model_gaining_a_replica_keeps_the_replica_it_runs():
     assert first.stopping
 
 
+def test_data_parallel_replicas_share_the_queued_requests():
+    # 600 requests queued at once for one model planned on two replicas: the replica that is ready first
+    # must not take them all (the planner counts on each replica doing about half).
+    app = AppGraph(name="one", nodes=[LLMNode(name="a", model="Llama-2-7b-hf", input_tokens=[200] * 600,
+                                              max_tokens=256)])
+    with EnginePool(app, "2xA100-80GB", backend="sim", progress=False) as pool:
+        AppRun(pool, app, token_ids=TOKENS).start().wait(120)
+        assert pool.join(60)
+    served = [span.requests_done for span in pool.report().engines]
+    assert len(served) == 2 and sum(served) == 600
+    assert min(served) >= 0.4 * 600
+
+
 def test_bad_requests_fail_alone():
     app = AppGraph(name="one", nodes=[LLMNode(name="a", model="Llama-2-7b-hf", input_tokens=[20] * 5, max_tokens=32)])
     with EnginePool(app, "1xA100-80GB", backend="sim", progress=False) as pool:
