@@ -68,8 +68,8 @@ class PlanningContext:
         """Extra start-up of ``model``'s engine when it needs a new worker process (importing vLLM).
 
         In a plan made from scratch (``cold_start``) the first stage's engines do; later engines reuse the
-        process of an engine that stopped, as the runtime's pool does. Profiled engines only: the analytic
-        GPU load time includes the start-up.
+        process of an engine that stopped, as the runtime's pool does. CPU engines only: a GPU load time
+        (analytic or profiled) includes the start-up.
         """
         return self.engines[model].process_start_seconds if self.settings.cold_start and first_stage else 0.0
 

@@ -157,7 +157,7 @@ class ModelEngines:
     shared_scheduler: SchedulerConfig | None
     load_seconds: dict[int, float]
     sampling: ModelSampling
-    process_start_seconds: float = 0.0  # an engine needing a new worker process pays this first (profiled)
+    process_start_seconds: float = 0.0  # CPU: what an engine needing a new worker process pays before its load
     profile: EngineProfile | None = None
     output_lengths: OutputLengthDistribution | None = None
     _cost_models: dict[int, CostModel] = field(default_factory=dict)
@@ -219,14 +219,16 @@ def build_model_engines(
 ) -> ModelEngines:
     """The feasible tensor-parallel degrees of ``model`` on ``cluster``; DoesNotFitError if there is none."""
     hardware = cluster.spec
+    process_start = 0.0
     if hardware.kind == "cpu":
         schedulers, loads, architecture = _profiled(model, cluster, profile)
-    else:
+        process_start = (profile.process_start_seconds or 0.0) if profile is not None else 0.0
+    else:  # GPU loads include the process start-up, as the analytic one does
         architecture = profile.architecture if profile is not None else resolve_architecture(model)
         schedulers, loads = _analytic(architecture, cluster)
         if profile is not None and profile.hardware == hardware.name and profile.tensor_parallel_size in schedulers:
             schedulers[profile.tensor_parallel_size] = profile.scheduler
-            loads[profile.tensor_parallel_size] = profile.load_seconds
+            loads[profile.tensor_parallel_size] = profile.load_seconds + (profile.process_start_seconds or 0.0)
     shared = None
     if hardware.kind == "gpu":
         try:
@@ -234,7 +236,6 @@ def build_model_engines(
         except DoesNotFitError:
             shared = None
     loads.update({tp: s for tp, s in (load_overrides or {}).items() if tp in loads})
-    process_start = profile.process_start_seconds if profile is not None else None
     lengths = output_lengths or (profile.output_lengths if profile is not None else None)
     max_model_len = min(s.max_model_len for s in schedulers.values())
     sampling = ModelSampling(
@@ -245,7 +246,7 @@ def build_model_engines(
     return ModelEngines(
         model=model, cluster=cluster, architecture=architecture, schedulers=schedulers, shared_scheduler=shared,
         load_seconds=loads, sampling=sampling, profile=profile, output_lengths=output_lengths,
-        process_start_seconds=process_start or 0.0,
+        process_start_seconds=process_start,
     )
 
 
