@@ -387,17 +387,23 @@ class Driver:
         self._needs_replan = self._needs_replan or message
 
     def _start_waiting_engines(self) -> None:
-        """Start the stage's engines whose devices are free now (the engines they replace have stopped)."""
-        busy = {d for e in self._engines.values() for d in e.spec.devices}
+        """Start the stage's engines whose devices have room now: the memory shares of the engines on each
+        device (running or still stopping) and the new one's add up to at most one, so engines planned to
+        share a GPU start together and others wait for the engines they replace to stop."""
+        used: defaultdict[int, float] = defaultdict(float)
+        for engine in self._engines.values():
+            for device in engine.spec.devices:
+                used[device] += engine.spec.memory_fraction
         still = []
         for spec, plan in self._waiting_starts:
             if self._engine_failures[spec.model] >= self.settings.max_engine_failures:
                 continue
-            if busy & set(spec.devices):
+            if any(used[d] + spec.memory_fraction > 1.0 + 1e-9 for d in spec.devices):
                 still.append((spec, plan))
                 continue
             self._engines[spec.engine_id] = _Engine(spec=spec, plan=plan, started_at=self.backend.now())
-            busy |= set(spec.devices)
+            for device in spec.devices:
+                used[device] += spec.memory_fraction
             self.backend.start_engine(spec)
         self._waiting_starts = still
 
