@@ -108,7 +108,8 @@ def report(rows: list[dict], command: str, wall: float) -> str:
         f"- Another planner (greedy or a baseline) beat `search` in {len(beaten)} of {len(rows)} instances"
         + (f", by at most {max(beaten):.1%}." if beaten else "."),
         "- A negative gap means `search` beat `exhaustive`: the exhaustive planner is optimal in the stage "
-        "model, and the faithful replay can rank two plans the other way.",
+        "model, the faithful replay can rank two plans the other way, and `search`'s plan may load an engine "
+        "beside the running ones for the next stage (preloading), which `exhaustive` does not consider.",
         "",
         "## Instances",
         "",

@@ -1,27 +1,19 @@
 """The paper's apps (examples/apps/*.json): they load, use catalogue models, and have the intended shape."""
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from samullm_lc.costmodel.architecture import catalogue_names, resolve_architecture
 from samullm_lc.graph.app_graph import AppGraph
+from tests.conftest import load_paper_apps
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "examples" / "apps"
 NODE_COUNTS = {"ensemble": 9, "router": 5, "chain-summary": 9, "mixed": 23}
 
 
-def _load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-builder = _load_builder()
+builder = load_paper_apps()
 
 
 @pytest.mark.parametrize("name", list(NODE_COUNTS))

@@ -17,10 +17,11 @@ from samullm_lc.planner.bounds import standalone_lower_bound
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_context, build_engines
 from samullm_lc.planner.curves import BATCHES_SIMULATED
-from samullm_lc.planner.options import EngineOption, ModelEngines
+from samullm_lc.planner.options import ModelEngines, option_for
 from samullm_lc.planner.placement import Assignment
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 from samullm_lc.planner.planners import drive, get_planner
+from samullm_lc.planner.preload import RUNNING_SHARES, longest_preloadable, preload
 from samullm_lc.planner.replay import ExactRun
 from samullm_lc.planner.search import GreedyPolicy
 from samullm_lc.planner.state import RunState
@@ -41,7 +42,9 @@ def plan_app(
     """Plan ``app`` on ``cluster``; ``estimated_seconds`` is the faithful replay on the sampled lengths.
 
     With ``num_samples`` > 1 the planner plans on each output-length sample, keeps the plan with the
-    lowest mean over all samples, and reports that mean and the (min, max) spread. ``curve_batches`` is
+    lowest mean over all samples, and reports that mean and the (min, max) spread. ``allow_gpu_sharing``
+    also allows the search to load an engine beside the running ones for the next stage (``preload.py``);
+    both put two engines on one GPU. ``curve_batches`` is
     how many batches each candidate simulation keeps: more make the search's curves more accurate under
     KV pressure and the planning slower.
     """
@@ -131,7 +134,10 @@ def _plan(app: AppGraph, cluster: Cluster, planner: str, engines: dict[str, Mode
     plans = []
     for ctx in contexts:
         run = chosen.run(ctx, lambda ctx=ctx: ExactRun(ctx, engines=running))
-        plans.append(_to_plan(ctx, run, chosen.name))
+        plan = _to_plan(ctx, run, chosen.name)
+        if chosen.preloads and settings.allow_sharing and cluster.spec.kind == "gpu":
+            plan = _with_preload(ctx, plan, running)
+        plans.append(plan)
     if num_samples == 1:
         best = plans[0]
     else:
@@ -144,10 +150,41 @@ def _plan(app: AppGraph, cluster: Cluster, planner: str, engines: dict[str, Mode
     return best
 
 
+def _with_preload(ctx: PlanningContext, plan: Plan, running: dict[str, Assignment] | None) -> Plan:
+    """``plan`` or, if one replays faster, its variant that loads an engine during the stage before
+    (``preload.py``). The stages before the changed one are replayed once and forked for each share."""
+    candidate = longest_preloadable(plan)
+    if candidate is None:
+        return plan
+    k, entry = candidate
+    prefix = _replay_stages(ctx, ExactRun(ctx, engines=running), plan.stages[:k])
+    best = plan
+    for share in RUNNING_SHARES:
+        variant = preload(plan, k, entry, share)
+        try:
+            run = _finish(ctx, _replay_stages(ctx, prefix.fork(), variant.stages[k:]))
+        except DoesNotFitError:  # the share leaves too little memory for a model and a minimum KV cache
+            continue
+        if run.end_seconds() >= best.estimated_seconds - 1e-9:
+            break
+        best = _to_plan(ctx, run, plan.planner)
+    return best
+
+
 def _replay(ctx: PlanningContext, plan: Plan, running: dict[str, Assignment] | None = None) -> ExactRun:
     """Replay a plan's stages, then finish greedily whatever they leave."""
-    run = ExactRun(ctx, engines=running)
-    for stage in plan.stages:
+    return _finish(ctx, _replay_stages(ctx, ExactRun(ctx, engines=running), plan.stages))
+
+
+def _finish(ctx: PlanningContext, run: ExactRun) -> ExactRun:
+    """Complete greedily what the replayed stages left."""
+    return drive(ctx, run, GreedyPolicy(ctx)) if not run.done() else run
+
+
+def _replay_stages(ctx: PlanningContext, run: ExactRun, stages: list[Stage]) -> ExactRun:
+    """Continue ``run`` through the listed stages: each runs its engines on its listed nodes until one of them
+    finishes."""
+    for stage in stages:
         if run.done():
             break
         group = tuple(sorted(_assignment(e.plan, ctx.cluster, ctx.engines[_model(ctx, e.plan.model)])
@@ -156,7 +193,7 @@ def _replay(ctx: PlanningContext, plan: Plan, running: dict[str, Assignment] | N
         _check_capacity(group, ctx.cluster)
         if any(n not in run.finished_nodes() for nodes in listed.values() for n in nodes):
             run.run_stage(group, listed)
-    return drive(ctx, run, GreedyPolicy(ctx)) if not run.done() else run
+    return run
 
 
 def _model(ctx: PlanningContext, model: str) -> str:
@@ -172,10 +209,15 @@ def _node(ctx: PlanningContext, name: str) -> int:
 
 
 def _assignment(plan: ExecutionPlan, cluster: Cluster, engines: ModelEngines) -> Assignment:
-    """Check an execution plan against the cluster and the model's memory needs."""
-    shared = plan.memory_fraction < 1.0
-    if shared and (plan.tp != 1 or plan.replicas != 1 or plan.memory_fraction != 0.5):
-        raise ConfigError(f"plan for {plan.model}: GPU sharing is one TP1 engine at memory_fraction 0.5")
+    """Check an execution plan against the cluster and the model's memory needs.
+
+    A TP1 engine at memory_fraction 0.5 shares its GPU with another computing engine (time-sliced, slowed);
+    any other fraction below 1 leaves room for an engine preloading beside it (not slowed).
+    """
+    option = option_for(plan.tp, plan.replicas, plan.memory_fraction)
+    if option.shared and plan.replicas != 1:
+        raise ConfigError(f"plan for {plan.model}: GPU sharing (TP1 at memory_fraction 0.5) is one engine; "
+                          f"list each shared replica as its own plan")
     if any(not 0 <= g < cluster.num_gpus for g in plan.gpus):
         raise ConfigError(f"plan for {plan.model}: GPUs {list(plan.gpus)} are not all in {cluster}")
     groups = set(cluster.tp_groups(plan.tp))
@@ -186,12 +228,11 @@ def _assignment(plan: ExecutionPlan, cluster: Cluster, engines: ModelEngines) ->
                 f"plan for {plan.model}: TP group {list(block)} is not one of the aligned blocks the "
                 f"{cluster.topology} topology connects ({[list(g) for g in sorted(groups)]})"
             )
-    option = EngineOption(plan.tp, plan.replicas, shared)
     if plan.tp not in engines.tps:
         raise DoesNotFitError(
             f"model {plan.model} does not fit TP{plan.tp} on {cluster}; it fits at TP {list(engines.tps)}"
         )
-    if shared:
+    if option.memory_fraction < 1.0:
         engines.scheduler(option)
     return Assignment(plan.model, option, tuple(plan.gpus))
 

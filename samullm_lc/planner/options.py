@@ -40,11 +40,17 @@ SHARED_MAX_WEIGHT_SHARE = 0.25
 
 @dataclass(frozen=True, slots=True, order=True)
 class EngineOption:
-    """One execution plan shape: ``replicas`` engines of ``tp`` GPUs each, or one engine on half a GPU."""
+    """One execution plan shape: ``replicas`` engines of ``tp`` GPUs each, or one engine on half a GPU.
+
+    ``memory`` below 1 is a whole-GPU engine that leaves the rest of its GPUs' memory to an engine loading
+    beside it for the next stage (``preload.py``); unlike a ``shared`` engine it is not slowed, as that
+    engine computes only once this one has stopped.
+    """
 
     tp: int = 1
     replicas: int = 1
     shared: bool = False
+    memory: float = 1.0
     num_gpus: float = field(init=False, compare=False, repr=False)  # GPUs occupied (0.5 for a shared engine)
 
     def __post_init__(self) -> None:
@@ -53,13 +59,22 @@ class EngineOption:
     @property
     def memory_fraction(self) -> float:
         """Share of each GPU's memory the engine may use."""
-        return SHARED_MEMORY_FRACTION if self.shared else 1.0
+        return SHARED_MEMORY_FRACTION if self.shared else self.memory
 
     def label(self) -> str:
         """Short text, e.g. ``TP2x4DP``."""
         if self.shared:
             return "TP1 @50% of one GPU"
-        return f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
+        share = f" @{self.memory:.0%} mem" if self.memory < 1.0 else ""
+        return f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "") + share
+
+
+def option_for(tp: int, replicas: int, memory_fraction: float) -> EngineOption:
+    """The option of an engine given by its plan: a TP1 engine at half the memory shares its GPU with another
+    computing engine (time-sliced, ``shared``); any other share below 1 leaves room for an engine preloading
+    beside it."""
+    shared = tp == 1 and memory_fraction == SHARED_MEMORY_FRACTION
+    return EngineOption(tp, replicas, shared, 1.0 if shared else memory_fraction)
 
 
 class SlowedLatency:
@@ -162,6 +177,7 @@ class ModelEngines:
     output_lengths: OutputLengthDistribution | None = None
     _cost_models: dict[int, CostModel] = field(default_factory=dict)
     _latencies: dict[int, CachedLatency] = field(default_factory=dict)
+    _partial: dict[tuple[int, float], SchedulerConfig] = field(default_factory=dict)
 
     @property
     def tps(self) -> tuple[int, ...]:
@@ -184,7 +200,20 @@ class ModelEngines:
             if self.shared_scheduler is None:
                 raise DoesNotFitError(f"model {self.model} cannot take half a GPU of {self.cluster.hardware}")
             return self.shared_scheduler
+        if option.memory < 1.0:
+            return self.partial_scheduler(option.tp, option.memory)
         return self.schedulers[option.tp]
+
+    def partial_scheduler(self, tp: int, memory: float) -> SchedulerConfig:
+        """The limits of a replica at degree ``tp`` on a ``memory`` share of its GPUs (GPUs only);
+        DoesNotFitError if the model and a minimum KV cache do not fit that share."""
+        key = (tp, memory)
+        if key not in self._partial:
+            if self.cluster.spec.kind != "gpu":
+                raise ConfigError(f"a share of the memory ({memory:.0%}) is for GPU engines; {self.model} runs on "
+                                  f"{self.cluster.hardware}")
+            self._partial[key] = gpu_scheduler_config(self.architecture, self.cluster.spec, tp, memory_fraction=memory)
+        return self._partial[key]
 
     def latency(self, option: EngineOption) -> IterationLatencyModel:
         """The step latency of one replica under this option (one cached wrapper per degree)."""

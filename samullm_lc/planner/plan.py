@@ -51,7 +51,7 @@ class StageEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nodes: list[str]
+    nodes: list[str] = Field(description="Nodes it serves; none while it loads beside the stage's engines for the next.")
     plan: ExecutionPlan
     load_seconds: float = Field(0.0, ge=0, description="Charged at the stage start when the engine (re)starts.")
     finished_nodes: list[str] = Field(default_factory=list, description="Nodes whose last request ends in this stage.")
@@ -94,5 +94,6 @@ class Plan(BaseModel):
             for entry in stage.entries:
                 finished = f"; finishes {', '.join(entry.finished_nodes)}" if entry.finished_nodes else ""
                 load = f" (+{entry.load_seconds:.1f} s load)" if entry.load_seconds else ""
-                lines.append(f"    {', '.join(entry.nodes)}: {entry.plan.short()}{load}{finished}")
+                serves = ", ".join(entry.nodes) or "(loads for the next stage)"
+                lines.append(f"    {serves}: {entry.plan.short()}{load}{finished}")
         return "\n".join(lines)

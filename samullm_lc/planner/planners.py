@@ -52,6 +52,7 @@ class Planner:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    preloads: ClassVar[bool] = False  # its plan may load an engine during the stage before (``preload.py``)
 
     def policy(self, ctx: PlanningContext) -> Policy:
         """The stage policy of this planner for one planning run."""
@@ -79,6 +80,7 @@ class SearchPlanner(Planner):
 
     name = "search"
     summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
+    preloads = True
 
     def policy(self, ctx: PlanningContext) -> SearchPolicy:
         """The stage policy of this planner for one planning run."""

@@ -117,6 +117,7 @@ class Driver:
         self._engines: dict[int, _Engine] = {}
         self._next_engine_id = 0
         self._waiting_starts: list[tuple[EngineSpec, ExecutionPlan]] = []
+        self._preloading: set[tuple[str, tuple[int, ...]]] = set()  # (model, devices): loads now, serves next stage
         self._nodes: dict[str, _NodeProgress] = {}
         self._extra_inputs: dict[str, list[int]] = defaultdict(list)
         self._extra_max_tokens: dict[str, int] = defaultdict(int)
@@ -334,7 +335,7 @@ class Driver:
         for model, queue in self._queues.items():
             if not queue:
                 continue
-            replicas = self._engines_of(model)
+            replicas = [e for e in self._engines_of(model) if (model, e.spec.devices) not in self._preloading]
             engines = [e for e in replicas if e.ready_at is not None]
             if not engines:
                 continue
@@ -507,6 +508,9 @@ class Driver:
     def _reconcile(self, stage: Stage | None) -> None:
         """Make the running engines match ``stage``: keep the unchanged ones, stop the rest, start the new.
 
+        An entry without nodes is an engine loading for the next stage beside the running ones: it gets no
+        requests until a stage lists its nodes.
+
         Engines are replicas: one whose model, devices, TP degree and memory share the stage keeps is kept even
         when its model's plan gains or loses replicas (they are independent engines), so growing a model
         onto freed devices does not restart the replicas it runs.
@@ -517,6 +521,7 @@ class Driver:
             for r in range(plan.replicas):
                 devices = tuple(plan.gpus[r * plan.tp:(r + 1) * plan.tp])
                 wanted[(plan.model, devices)] = (plan, entry)
+        self._preloading = {key for key, (_, entry) in wanted.items() if not entry.nodes}
         for engine in self._engines.values():
             key = (engine.spec.model, engine.spec.devices)
             plan = wanted[key][0] if key in wanted else None

@@ -1,6 +1,5 @@
 """`samullm plan`: the plan as JSON, every planner side by side, the Gantt chart, errors that name the fix."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,18 +9,15 @@ from typer.testing import CliRunner
 from samullm_lc.cli.main import app
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner.plan import Plan
+from tests.conftest import load_paper_apps
 
-ROOT = Path(__file__).resolve().parents[2]
 PLANNER_NAMES = ("greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like")
 
 runner = CliRunner()
 
 
 def _router_app(n: int) -> AppGraph:
-    spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.router_app(n, 0)
+    return load_paper_apps().router_app(n, 0)
 
 
 @pytest.fixture(scope="module")

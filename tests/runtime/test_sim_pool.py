@@ -15,6 +15,7 @@ from samullm_lc.runtime.backends.sim_backend import SimBackend
 from samullm_lc.runtime.driver import Driver, DriverSettings
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.requests import GenerationResult, RequestError
+from tests.conftest import load_paper_apps
 
 TOKENS = np.arange(100, 200)
 
@@ -118,6 +119,24 @@ def test_engines_planned_to_share_a_gpu_run_on_it_together():
     assert [(span.memory_fraction, span.started_seconds) for span in report.engines] == [(0.5, 0.0)] * 2
     assert not _device_overlaps(report)
     assert abs(report.estimation_error) < 0.05
+
+
+def test_an_engine_preloaded_for_the_next_stage_loads_beside_the_running_one_and_waits():
+    # Chain-summary at N = 100: the plan loads the 70B evaluator on 40% of the GPUs' memory while the
+    # summariser runs on 60%; the pool starts both at once, sends the evaluator nothing until the summariser
+    # is done, then keeps it (no second load).
+    app = load_paper_apps().chain_summary_app(100, 0)
+    with EnginePool(app, "8xA100-80GB", backend="sim", progress=False) as pool:
+        AppRun(pool, app, token_ids=TOKENS).start().wait(120)
+        assert pool.join(60)
+    report = pool.report()
+    evaluators = [span for span in report.engines if span.model == "Llama-2-70b-chat-hf"]
+    summarisers = [span for span in report.engines if span.model == "vicuna-13b-v1.5"]
+    assert [(span.started_seconds, span.memory_fraction, span.requests_done) for span in evaluators] == [(0.0, 0.4, 100)]
+    assert {span.memory_fraction for span in summarisers} == {0.6}
+    assert not _device_overlaps(report)
+    models = {m.model: m for m in report.models}
+    assert models["Llama-2-70b-chat-hf"].first_finish_seconds >= models["vicuna-13b-v1.5"].last_finish_seconds
 
 
 def test_bad_requests_fail_alone():

@@ -22,7 +22,7 @@ import numpy as np
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.planner.options import EngineOption, ModelEngines, build_model_engines
+from samullm_lc.planner.options import ModelEngines, build_model_engines, option_for
 from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 
@@ -72,7 +72,7 @@ class SimBackend:
 
     def start_engine(self, spec: EngineSpec) -> None:
         engines = self.model_engines(spec.model)
-        option = EngineOption(spec.tp, 1, shared=spec.memory_fraction < 1.0)
+        option = option_for(spec.tp, 1, spec.memory_fraction)
         scheduler = engines.scheduler(option)
         sim = ContinuousBatchingSimulator(scheduler, engines.latency(option))
         load = engines.load(option)

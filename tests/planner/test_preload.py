@@ -1,0 +1,56 @@
+"""Loading the next stage's engine beside the running ones (``planner/preload.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from samullm_lc.errors import ConfigError
+from samullm_lc.planner import Cluster, evaluate_plan, plan_app
+from samullm_lc.planner.api import _assignment
+from samullm_lc.planner.context import build_engines
+from samullm_lc.planner.plan import ExecutionPlan, Plan
+from tests.conftest import load_paper_apps
+
+
+@pytest.fixture(scope="module")
+def chain_summary():
+    """100 documents summarised chunk by chunk by vicuna-13b, then evaluated by Llama-2-70b (61 s to load)."""
+    return load_paper_apps().chain_summary_app(100, 0), Cluster.parse("8xA100-80GB", "nvswitch")
+
+
+def _preloads(plan: Plan) -> list[tuple[int, ExecutionPlan]]:
+    return [(k, e.plan) for k, stage in enumerate(plan.stages) for e in stage.entries if not e.nodes]
+
+
+def test_the_evaluator_loads_while_the_summariser_runs(chain_summary):
+    app, cluster = chain_summary
+    plan = plan_app(app, cluster)
+    (k, loading), = _preloads(plan)
+    assert loading.model == "Llama-2-70b-chat-hf" and loading.memory_fraction < 1.0
+    beside = [e.plan for e in plan.stages[k].entries if e.nodes]
+    for gpu in loading.gpus:  # the GPUs' memory is split, never over-committed
+        assert loading.memory_fraction + sum(p.memory_fraction for p in beside if gpu in p.gpus) <= 1.0 + 1e-9
+    following = next(e for e in plan.stages[k + 1].entries if e.plan.model == loading.model)
+    assert following.plan == loading and following.load_seconds == 0.0 and following.nodes == ["evaluate"]
+    sequential = plan_app(app, cluster, "sequential")
+    assert plan.estimated_seconds < 0.8 * sequential.estimated_seconds  # 177 s against 238 s
+    assert evaluate_plan(app, cluster, plan) == pytest.approx(plan.estimated_seconds)
+    assert Plan.model_validate_json(plan.model_dump_json()) == plan
+    assert "(loads for the next stage)" in plan.describe()
+
+
+def test_only_the_search_preloads(chain_summary):
+    app, cluster = chain_summary
+    for planner in ("greedy", "sequential", "all-at-once"):
+        assert _preloads(plan_app(app, cluster, planner)) == []
+
+
+def test_memory_shares_that_mean_something_else_are_refused(chain_summary):
+    app, cluster = chain_summary
+    engines = build_engines(app, cluster)["vicuna-13b-v1.5"]
+    reduced = _assignment(ExecutionPlan(model="vicuna-13b-v1.5", tp=2, replicas=2, gpus=(0, 1, 2, 3),
+                                        memory_fraction=0.6), cluster, engines)
+    assert reduced.option.memory_fraction == 0.6 and not reduced.option.shared
+    with pytest.raises(ConfigError, match="GPU sharing"):  # TP1 at half the memory is time-sliced sharing
+        _assignment(ExecutionPlan(model="vicuna-13b-v1.5", replicas=2, gpus=(0, 1), memory_fraction=0.5),
+                    cluster, engines)
