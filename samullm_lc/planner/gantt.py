@@ -62,6 +62,7 @@ class _Bar:
     start: float
     end: float
     load: float
+    idle_until: float  # a preloaded engine serves nothing until then
 
 
 def _bars(plan: Plan) -> list[_Bar]:
@@ -82,8 +83,10 @@ def _bars(plan: Plan) -> list[_Bar]:
                 bar.end = stage.end_seconds
             else:
                 load = min(entry.load_seconds, stage.end_seconds - stage.start_seconds)
-                bar = _Bar(entry.plan, lanes, stage.start_seconds, stage.end_seconds, load)
+                bar = _Bar(entry.plan, lanes, stage.start_seconds, stage.end_seconds, load, stage.start_seconds)
                 bars.append(bar)
+            if not entry.nodes:
+                bar.idle_until = stage.end_seconds
             still_running[key] = bar
         running = still_running
     return bars
@@ -113,6 +116,9 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
             if bar.load > 0:
                 axes.barh(bottom, bar.load, left=bar.start, height=height, align="edge",
                           color=(*colour[:3], 0.35), edgecolor="black", hatch="///", linewidth=0.4)
+            if bar.idle_until > bar.start + bar.load:
+                axes.barh(bottom, bar.idle_until - bar.start - bar.load, left=bar.start + bar.load, height=height,
+                          align="edge", color=(1.0, 1.0, 1.0, 0.6), edgecolor="white", linewidth=0.6)
             if gpu in replica_firsts and duration >= LABEL_MIN_FRACTION * makespan:
                 parallel = f"TP{bar.plan.tp}" + (f"x{bar.plan.replicas}" if bar.plan.replicas > 1 else "")
                 text = f"{parallel} {_short_name(bar.plan.model)}" if height >= ROW_HEIGHT / 2 else parallel
@@ -136,6 +142,8 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
                    f"{len(plan.stages)} stages", fontsize=10)
     handles = [Patch(facecolor=colours[model], label=model) for model in models]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="model load"))
+    if any(bar.idle_until > bar.start + bar.load for bar in _bars(plan)):
+        handles.append(Patch(facecolor="0.85", label="loaded, waiting for its stage"))
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     figure.tight_layout()
 

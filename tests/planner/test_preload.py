@@ -8,6 +8,7 @@ from samullm_lc.errors import ConfigError
 from samullm_lc.planner import Cluster, evaluate_plan, plan_app
 from samullm_lc.planner.api import _assignment
 from samullm_lc.planner.context import build_engines
+from samullm_lc.planner.gantt import _bars, draw_gantt
 from samullm_lc.planner.plan import ExecutionPlan, Plan
 from tests.conftest import load_paper_apps
 
@@ -18,13 +19,18 @@ def chain_summary():
     return load_paper_apps().chain_summary_app(100, 0), Cluster.parse("8xA100-80GB", "nvswitch")
 
 
+@pytest.fixture(scope="module")
+def planned(chain_summary) -> Plan:
+    return plan_app(*chain_summary)
+
+
 def _preloads(plan: Plan) -> list[tuple[int, ExecutionPlan]]:
     return [(k, e.plan) for k, stage in enumerate(plan.stages) for e in stage.entries if not e.nodes]
 
 
-def test_the_evaluator_loads_while_the_summariser_runs(chain_summary):
+def test_the_evaluator_loads_while_the_summariser_runs(chain_summary, planned):
     app, cluster = chain_summary
-    plan = plan_app(app, cluster)
+    plan = planned
     (k, loading), = _preloads(plan)
     assert loading.model == "Llama-2-70b-chat-hf" and loading.memory_fraction < 1.0
     beside = [e.plan for e in plan.stages[k].entries if e.nodes]
@@ -37,6 +43,12 @@ def test_the_evaluator_loads_while_the_summariser_runs(chain_summary):
     assert evaluate_plan(app, cluster, plan) == pytest.approx(plan.estimated_seconds)
     assert Plan.model_validate_json(plan.model_dump_json()) == plan
     assert "(loads for the next stage)" in plan.describe()
+
+
+def test_the_gantt_chart_shows_the_preloaded_engine_waiting(planned, tmp_path):
+    evaluator = next(bar for bar in _bars(planned) if bar.plan.model == "Llama-2-70b-chat-hf")
+    assert evaluator.start == 0.0 and evaluator.idle_until == planned.stages[0].end_seconds > evaluator.load
+    assert draw_gantt(planned, tmp_path / "plan.png").stat().st_size > 0
 
 
 def test_only_the_search_preloads(chain_summary):
