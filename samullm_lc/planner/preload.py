@@ -26,15 +26,16 @@ engine means time-sliced GPU sharing (``options.option_for``)."""
 
 
 def longest_preloadable(plan: Plan) -> tuple[int, StageEntry] | None:
-    """(k, entry): the new engine of stage k + 1 with the longest load whose GPUs are held in stage k only by
-    engines that start in stage k and stop at its end, all on whole GPUs; None if there is none or its load
-    is under ``MIN_LOAD_SHARE`` of the plan's time."""
+    """(k, entry): the new engine of stage k + 1 with the longest load whose model has no engine in stage k and
+    whose GPUs are held in stage k only by engines that start in stage k and stop at its end, all on whole
+    GPUs; None if there is none or its load is under ``MIN_LOAD_SHARE`` of the plan's time."""
     best: tuple[float, int, StageEntry] | None = None
     for k in range(len(plan.stages) - 1):
         current, following = plan.stages[k], plan.stages[k + 1]
         kept = {e.plan for e in following.entries}
+        running = {e.plan.model for e in current.entries}
         for entry in following.entries:
-            if entry.load_seconds <= 0.0 or entry.plan.memory_fraction < 1.0:
+            if entry.load_seconds <= 0.0 or entry.plan.memory_fraction < 1.0 or entry.plan.model in running:
                 continue
             hosts = [e for e in current.entries if set(e.plan.gpus) & set(entry.plan.gpus)]
             if hosts and all(h.load_seconds > 0.0 and h.plan.memory_fraction == 1.0 and h.plan not in kept
