@@ -193,14 +193,15 @@ class VllmBackend:
         """The engine is done with. A worker stopped on request waits for the next engine (up to
         ``MAX_IDLE_WORKERS``); any other exits on its own (reaped later, so ``wait`` never blocks)."""
         self._workers.pop(worker.spec.engine_id, None)
-        idle = _IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices)
-        if not reusable:
+        if reusable:
+            idle = _IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices)
+            if len(self._idle) < MAX_IDLE_WORKERS:
+                self._idle.append(idle)
+            else:
+                self._retire(idle)
+        else:
             worker.conn.close()
             self._exiting.append(worker.process)
-        elif len(self._idle) < MAX_IDLE_WORKERS:
-            self._idle.append(idle)
-        else:
-            self._retire(idle)
         self._exiting = [p for p in self._exiting if p.is_alive()]
         return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure)
 
