@@ -36,3 +36,11 @@ class ProfileError(SamullmError):
 
 class EngineError(SamullmError):
     """The vLLM engine could not be started or failed while running."""
+
+
+class JournalError(SamullmError):
+    """The run journal cannot be used: corrupt, locked by another run, unreadable rows, or a failed write."""
+
+
+class PoolError(SamullmError):
+    """The engine pool is not running or its driver failed; the message says why and what to do."""

@@ -53,6 +53,7 @@ from numpy.typing import ArrayLike
 from samullm_lc.costmodel.latency.base import IterationLatencyModel
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.limits import Limit
 
 PRICING_BATCH = 64
 """Rows of unpriced steps ``run(..., overshoot_ok=True)`` first collects before pricing them and checking the clock."""
@@ -212,6 +213,15 @@ class _DecodeBatch:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def shift_ids(self, count: int) -> None:
+        """Renumber every request id down by ``count`` (see ``ContinuousBatchingSimulator.forget``); heap
+        entries of requests no longer here are dropped, the rest keep their order."""
+        self.offsets = {request - count: offset for request, offset in self.offsets.items()}
+        self._finishing = [(step, request - count, offset) for step, request, offset in self._finishing
+                           if request >= count]
+        heapq.heapify(self._finishing)
+        self.first_tokens_due = [request - count for request in self.first_tokens_due]
+
     def add(self, request: int, offset: int, end_tokens: int) -> None:
         """Append a decoding request to the running order."""
         self.offsets[request] = offset
@@ -348,6 +358,28 @@ class ContinuousBatchingSimulator:
         clone._followers = {request: waiting.copy() for request, waiting in self._followers.items()}
         clone._trace = [row.copy() for row in self._trace]
         return clone
+
+    def forget(self, count: int) -> None:
+        """Drop the first ``count`` requests, which must all have finished; later requests' ids go down by
+        ``count``. A simulator serving an endless stream (the pool's simulated engines) stays bounded this
+        way; the schedule does not change, as finished requests hold nothing the scheduler reads.
+        """
+        if count <= 0:
+            return
+        if count > self._prompt.size or not self._finish_step[:count].all():
+            raise SamullmError(f"cannot forget the first {count} requests: only finished requests can be forgotten")
+        for name in ("_prompt", "_end_tokens", "_num_tokens", "_finish_step", "_first_token_step"):
+            setattr(self, name, getattr(self, name)[count:].copy())
+        self._slots = self._slots.copy()
+        self._slots[ID] -= count
+        if self._batch is not None:
+            self._batch.shift_ids(count)
+        self._waiting = deque(request - count for request in self._waiting)
+        self._pending = [(arrival, request - count) for arrival, request in self._pending]  # order kept
+        self._blocked = {request - count: n for request, n in self._blocked.items()}
+        self._blocked_arrival = {request - count: t for request, t in self._blocked_arrival.items()}
+        self._followers = {request - count: [f - count for f in followers]
+                           for request, followers in self._followers.items()}
 
     # ---- input -------------------------------------------------------------------------------------
     def add_requests(
@@ -934,6 +966,22 @@ class ContinuousBatchingSimulator:
         return finished
 
 
+class StepLimitedSimulator(ContinuousBatchingSimulator):
+    """A simulator that raises ``ConfigError`` once its steps pass ``step_limit``: its memory grows with the
+    steps (their end times, and the unpriced steps expanded one row each when they are priced), and a request
+    set of which few requests fit the KV cache at once takes many steps per request."""
+
+    def __init__(self, config: SchedulerConfig, latency: IterationLatencyModel, *, step_limit: Limit,
+                 record_trace: bool = False):
+        super().__init__(config, latency, record_trace=record_trace)
+        self.step_limit = step_limit
+
+    def _advance(self, horizon: float) -> bool:
+        advanced = super()._advance(horizon)
+        self.step_limit.check(self.num_steps)
+        return advanced
+
+
 def simulate(
     config: SchedulerConfig,
     latency: IterationLatencyModel,
@@ -944,8 +992,11 @@ def simulate(
     after: Sequence[Sequence[int]] | None = None,
     until: float | None = None,
     record_trace: bool = False,
+    step_limit: Limit | None = None,
 ) -> SimulationResult:
-    """Simulate one engine on a request set in one call (``after``: see ``add_requests``)."""
-    simulator = ContinuousBatchingSimulator(config, latency, record_trace=record_trace)
+    """Simulate one engine on a request set in one call (``after``: see ``add_requests``; ``step_limit``: see
+    ``StepLimitedSimulator``)."""
+    simulator = (ContinuousBatchingSimulator(config, latency, record_trace=record_trace) if step_limit is None
+                 else StepLimitedSimulator(config, latency, step_limit=step_limit, record_trace=record_trace))
     simulator.add_requests(input_tokens, output_tokens, arrival_seconds, after)
     return simulator.run(until=until)

@@ -14,11 +14,18 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+from samullm_lc.cache import cache_dir
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ProfileError
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.backends.base import EngineSpec
-from samullm_lc.runtime.backends.vllm_backend import cpu_pinning_env, pin_process
+from samullm_lc.runtime.backends.vllm_worker import (
+    REIMPORTED_MAIN_ADVICE,
+    REIMPORTED_MAIN_EXIT_CODE,
+    cpu_pinning_env,
+    exit_if_reimported_main,
+    pin_process,
+)
 from samullm_lc.runtime.pool import default_engine_settings
 from samullm_lc.runtime.vllm_engine import engine_settings_for
 
@@ -28,9 +35,8 @@ PROFILE_FORMAT = 2
 
 
 def default_cache_dir() -> Path:
-    """``$SAMULLM_CACHE/profiles``, else ``~/.cache/samullm_lc/profiles``."""
-    root = os.environ.get("SAMULLM_CACHE") or Path.home() / ".cache" / "samullm_lc"
-    return Path(root) / "profiles"
+    """``$SAMULLM_CACHE_DIR/profiles``, else ``~/.cache/samullm_lc/profiles`` (``samullm_lc/cache.py``)."""
+    return cache_dir("profiles")
 
 
 def pool_profiles(models: list[str], *, cache_dir: str | Path | None = None, scale: float = DEFAULT_SCALE,
@@ -44,6 +50,7 @@ def pool_profile(model: str, *, cache_dir: str | Path | None = None, scale: floa
     """The profile of ``model`` on one CPU core with the pool's engine settings."""
     import vllm
 
+    exit_if_reimported_main()
     settings = default_engine_settings(Cluster.parse("1xcpu"))(EngineSpec(engine_id=0, model=model, devices=(0,)))
     key_source = json.dumps([settings.model_dump(), _files_digest(Path(settings.model)), scale, seed,
                              vllm.__version__, PROFILE_FORMAT], sort_keys=True, default=str)
@@ -57,6 +64,8 @@ def pool_profile(model: str, *, cache_dir: str | Path | None = None, scale: floa
     process = context.Process(target=_measure, args=(model, settings.model_dump(), scale, seed, str(path), core))
     process.start()
     process.join()
+    if process.exitcode == REIMPORTED_MAIN_EXIT_CODE:
+        raise ProfileError(f"profiling {model} failed: {REIMPORTED_MAIN_ADVICE}")
     if process.exitcode != 0 or not path.exists():
         raise ProfileError(f"profiling {model} on one CPU core failed (exit code {process.exitcode}); "
                            f"run `samullm profile {model} --out FILE` to see the engine's error")

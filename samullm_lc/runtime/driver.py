@@ -11,11 +11,17 @@ new ones start as their devices free up. It re-plans, with the planner's ``repla
 - an engine fails (it is restarted, or the model is re-planned elsewhere).
 
 Requests wait in per-model queues; each engine holds at most ``max_in_flight`` of them, so a re-plan can
-move the rest. Every request resolves its future exactly once: a result, or a ``RequestError``.
+move the rest. Every request resolves its future exactly once: a result, or a ``RequestError``. A request
+that cannot be taken in fails alone; if planning fails, every outstanding request fails with the reason
+(recorded in the report's ``errors``); if the driver itself fails, every future, queued or not yet taken,
+fails with the cause. A long-running pool keeps nothing per finished request beyond the app graph's own
+bookkeeping: requests beyond the graph are kept only while unfinished, observed output lengths as a bounded
+uniform sample.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -27,7 +33,7 @@ import numpy as np
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import SamullmError
+from samullm_lc.errors import ConfigError, JournalError, PoolError, SamullmError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner import plan_app, replan
 from samullm_lc.planner.cluster import Cluster
@@ -39,6 +45,9 @@ from samullm_lc.runtime.report import EngineSpan, ModelRecord, ReplanRecord, Run
 from samullm_lc.runtime.requests import GenerationResult, Request, RequestError, content_key
 
 EXTRA_SUFFIX = "#extra"
+OBSERVED_LENGTHS_KEPT = 20_000
+"""Observed output lengths kept per model (a uniform sample): plenty to refine a distribution, bounded."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -63,6 +72,37 @@ class _NodeProgress:
 
 
 @dataclass(slots=True)
+class _ExtraNode:
+    """Requests for one model beyond the app graph. Only the unfinished ones are kept: the planner plans
+    what is left, and a pool serving a stream must not grow with every request it ever served."""
+
+    model: str
+    pending: dict[int, int] = field(default_factory=dict)  # request index -> prompt tokens (estimate)
+    next_index: int = 0
+    max_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _ObservedLengths:
+    """A uniform sample (reservoir) of one model's observed output lengths and whether ``max_tokens`` cut
+    them, at most ``OBSERVED_LENGTHS_KEPT``."""
+
+    tokens: list[int] = field(default_factory=list)
+    cut: list[bool] = field(default_factory=list)
+    seen: int = 0
+
+    def add(self, tokens: int, cut: bool, rng: np.random.Generator) -> None:
+        self.seen += 1
+        if len(self.tokens) < OBSERVED_LENGTHS_KEPT:
+            self.tokens.append(tokens)
+            self.cut.append(cut)
+            return
+        slot = int(rng.integers(self.seen))
+        if slot < OBSERVED_LENGTHS_KEPT:
+            self.tokens[slot], self.cut[slot] = tokens, cut
+
+
+@dataclass(slots=True)
 class _ModelCounters:
     """A model's running counts (the report's ModelRecord, kept as a plain dataclass in the hot path)."""
 
@@ -81,7 +121,7 @@ class _ModelCounters:
 
 @dataclass(slots=True)
 class DriverSettings:
-    """Knobs of the driver loop."""
+    """Knobs of the driver loop; checked when made (a value that would hang the pool is a ``ConfigError``)."""
 
     planner: str = "search"
     replan_threshold: float = 0.25
@@ -91,6 +131,23 @@ class DriverSettings:
     poll_seconds: float = 0.2
     min_replan_seconds: float = 2.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        from samullm_lc.planner import PLANNERS
+
+        if self.planner not in PLANNERS:
+            raise ConfigError(f"unknown planner {self.planner!r}; choose one of {', '.join(PLANNERS)}")
+        for name in ("max_in_flight", "max_attempts", "max_engine_failures"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+        for name in ("replan_threshold", "poll_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value < np.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds or a fraction, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number of at least 0 (numpy's generators take no negative "
+                              f"seeds), got {self.seed!r}")
 
 
 class Driver:
@@ -108,8 +165,11 @@ class Driver:
         self.settings = settings
         self.on_progress = on_progress
         self.inbox: deque[tuple[Request, Future]] = deque()
+        self._intake_lock = threading.Lock()
+        self._intake_closed: str | None = None  # why the driver takes no more requests (None: it takes them)
         self.closing = threading.Event()
         self.idle = threading.Condition()
+        self._rng = np.random.default_rng(settings.seed)
         self._queues: dict[str, deque[int]] = {m: deque() for m in models}
         self._requests: dict[int, Request] = {}
         self._futures: dict[int, Future] = {}
@@ -119,16 +179,14 @@ class Driver:
         self._waiting_starts: list[tuple[EngineSpec, ExecutionPlan]] = []
         self._preloading: set[tuple[str, tuple[int, ...]]] = set()  # (model, devices): loads now, serves next stage
         self._nodes: dict[str, _NodeProgress] = {}
-        self._extra_inputs: dict[str, list[int]] = defaultdict(list)
-        self._extra_max_tokens: dict[str, int] = defaultdict(int)
-        self._app: AppGraph | None = None
-        self._app_dirty = True
+        self._extras: dict[str, _ExtraNode] = {}  # node name -> requests beyond the app graph
         self._plan: Plan | None = None
         self._stage_started = 0.0
         self._stage_estimate = np.inf
-        self._observed: dict[str, list[tuple[int, bool]]] = defaultdict(list)
+        self._observed: dict[str, _ObservedLengths] = defaultdict(_ObservedLengths)
         self._loads: dict[str, dict[int, float]] = defaultdict(dict)
         self._engine_failures: Counter[str] = Counter()
+        self._given_up: dict[str, str] = {}  # model -> why its requests are abandoned
         self._pending_journal: list[tuple[str, GenerationResult]] = []
         self._needs_replan: str | None = None
         self._last_progress = 0.0
@@ -148,6 +206,7 @@ class Driver:
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
         """The driver thread's body: until closed and idle."""
+        stop_reason = "the pool was closed; submit requests before close()"
         try:
             while True:
                 self._take_inbox()
@@ -164,13 +223,17 @@ class Driver:
                 self._check_schedule()
                 self._notify()
         except BaseException as exc:  # the driver must never leave futures hanging
-            self._fail_everything(f"the engine pool's driver failed: {type(exc).__name__}: {exc}")
+            stop_reason = f"the engine pool's driver failed: {type(exc).__name__}: {exc}"
+            self._fail_all(stop_reason)
             raise
         finally:
-            self._flush_journal()
-            self._close_stage_record(self.snapshot().seconds)
-            self._shutdown_engines()
-            self._notify(force=True)
+            self._close_intake(stop_reason)
+            try:
+                self._flush_journal()
+                self._close_stage_record(self.snapshot().seconds)
+                self._shutdown_engines()
+            finally:
+                self._notify(force=True)
 
     def _notify(self, force: bool = False) -> None:
         with self.idle:
@@ -189,38 +252,92 @@ class Driver:
         return name in self._nodes
 
     # ---- requests in ---------------------------------------------------------------------------------
+    def offer(self, request: Request, future: Future) -> str | None:
+        """Hand a request to the driver (any thread); returns why it was not taken, or None if it was."""
+        with self._intake_lock:
+            if self._intake_closed is not None:
+                return self._intake_closed
+            self.inbox.append((request, future))
+            return None
+
+    def _close_intake(self, reason: str) -> None:
+        """Take no more requests; the ones offered but not taken in fail with ``reason``."""
+        with self._intake_lock:
+            self._intake_closed = reason
+            left, self.inbox = list(self.inbox), deque()
+        for request, future in left:
+            self._model_records[request.model].requests_failed += 1
+            if not future.done():
+                future.set_exception(RequestError(f"request {request.id} to {request.model}: {reason}"))
+
     def _take_inbox(self) -> None:
-        """Register new requests: journal hits resolve at once, the rest join their model's queue."""
+        """Register new requests, each on its own: one that cannot be taken in fails alone."""
         while self.inbox:
             request, future = self.inbox.popleft()
-            if self.journal is not None:
-                base = content_key(request.model, request.kind, request.prompt, request.sampling)
-                request.key = f"{base}:{self._occurrences[base]}"
-                self._occurrences[base] += 1
-            request.submitted_at = self.backend.now()
-            self._assign_node(request)
-            record = self._model_records[request.model]
-            record.requests_submitted += 1
-            known = self.journal.get(request.key) if self.journal is not None else None
-            if known is not None:
-                record.from_journal += 1
-                self._complete(request, future, known, from_engine=False)
-                continue
-            self._requests[request.id] = request
-            self._futures[request.id] = future
-            self._outstanding[request.model] += 1
-            self._queues[request.model].append(request.id)
-            beyond_app = request.node.endswith(EXTRA_SUFFIX)
-            unserved = not self._engines_of(request.model) and not any(
-                spec.model == request.model for spec, _ in self._waiting_starts)
-            if beyond_app and self._plan is not None and unserved:
-                self._needs_replan = self._needs_replan or (
-                    f"requests beyond the app graph arrived for {request.model}, which no engine runs")
+            try:
+                self._register(request, future)
+            except PoolError as exc:
+                self._reject(request, future, f"request {request.id} to {request.model}: {exc}")
+            except Exception as exc:  # a bad request must not stop the driver, nor the requests behind it
+                logger.exception("request %s to %s could not be taken in", request.id, request.model)
+                self._reject(request, future, f"request {request.id} to {request.model} could not be taken in: "
+                                              f"{type(exc).__name__}: {exc}")
         if self._plan is None and self._requests and self._needs_replan is None:
             self._needs_replan = "start"
 
+    def _register(self, request: Request, future: Future) -> None:
+        """Journal hits resolve at once; the rest join their model's queue. Everything that can fail (the
+        journal's key and lookup) happens before any bookkeeping changes."""
+        if request.model in self._given_up:
+            raise PoolError(self._given_up[request.model])
+        known = self._journalled(request)
+        record = self._model_records[request.model]
+        request.submitted_at = self.backend.now()
+        self._assign_node(request)
+        record.requests_submitted += 1
+        if known is not None:
+            record.from_journal += 1
+            self._complete(request, future, known, from_engine=False)
+            return
+        self._requests[request.id] = request
+        self._futures[request.id] = future
+        self._outstanding[request.model] += 1
+        self._queues[request.model].append(request.id)
+        beyond_app = request.node in self._extras
+        unserved = not self._engines_of(request.model) and not any(
+            spec.model == request.model for spec, _ in self._waiting_starts)
+        if beyond_app and self._plan is not None and unserved:
+            self._needs_replan = self._needs_replan or (
+                f"requests beyond the app graph arrived for {request.model}, which no engine runs")
+
+    def _reject(self, request: Request, future: Future, message: str) -> None:
+        """Fail a request that was never registered."""
+        if request.id in self._futures:
+            self._fail(request, self._futures[request.id], message)
+            return
+        self._model_records[request.model].requests_failed += 1
+        if not future.done():
+            future.set_exception(RequestError(message))
+
+    def _journalled(self, request: Request) -> GenerationResult | None:
+        """Give the request its journal key and return its recorded result, if any. A recorded result that
+        cannot be read is recomputed, and the report says so."""
+        if self.journal is None:
+            return None
+        base = content_key(request.model, request.kind, request.prompt, request.sampling)
+        request.key = f"{base}:{self._occurrences[base]}"
+        self._occurrences[base] += 1
+        try:
+            return self.journal.get(request.key)
+        except JournalError as exc:
+            self.report.journal_recomputed += 1
+            if self.report.journal_recomputed == 1:  # the first names the cause; the count says how many
+                self._add_error(f"{exc}; such requests are recomputed (the report's journal_recomputed counts them)")
+            return None
+
     def _assign_node(self, request: Request) -> None:
-        """Give the request the next free slot of its node (or of its model's first unfilled node)."""
+        """Give the request the next free slot of its node (or of its model's first unfilled node); past the
+        app graph, a slot of its model's extra node."""
         for name in [request.node] if request.node else self._nodes_of[request.model]:
             progress = self._nodes.get(name)
             if progress is not None and progress.assigned < progress.expected:
@@ -228,15 +345,12 @@ class Driver:
                 request.index = progress.assigned
                 progress.assigned += 1
                 return
-        extra = request.model + EXTRA_SUFFIX
-        inputs = self._extra_inputs[extra]
-        request.node, request.index = extra, len(inputs)
-        inputs.append(request.prompt_length_hint())
-        self._extra_max_tokens[extra] = max(self._extra_max_tokens[extra], request.sampling.max_tokens)
-        self._app_dirty = True
-        progress = self._nodes.setdefault(extra, _NodeProgress(expected=0))
-        progress.expected += 1
-        progress.assigned += 1
+        name = request.model + EXTRA_SUFFIX
+        extra = self._extras.setdefault(name, _ExtraNode(model=request.model))
+        request.node, request.index = name, extra.next_index
+        extra.next_index += 1
+        extra.pending[request.index] = request.prompt_length_hint()
+        extra.max_tokens = max(extra.max_tokens, request.sampling.max_tokens)
         self._model_records[request.model].requests_expected += 1
         self._remaining[request.model] += 1
 
@@ -285,41 +399,67 @@ class Driver:
         record.first_finish_seconds = min(record.first_finish_seconds or now, now)
         record.last_finish_seconds = now
         if from_engine:
+            observed = self._observed[request.model]
             for completion in result.completions:
-                cut = completion.finish_reason == "length"
-                self._observed[request.model].append((completion.num_tokens, cut))
+                observed.add(completion.num_tokens, completion.finish_reason == "length", self._rng)
             if self.journal is not None:
                 self._pending_journal.append((request.key, result))
         self._node_done(request, result.completions[0].num_tokens if result.completions else 0)
         if not future.done():
             future.set_result(result)
 
-    def _fail(self, request: Request, future: Future, message: str) -> None:
+    def _fail(self, request: Request, future: Future, message: str, *, replan: bool = True) -> None:
         self._resolved(request)
         self._model_records[request.model].requests_failed += 1
-        self._node_done(request, 0)
+        self._node_done(request, 0, replan=replan)
         if not future.done():
             future.set_exception(RequestError(message))
 
-    def _node_done(self, request: Request, output_tokens: int) -> None:
-        progress = self._nodes[request.node]
-        progress.finished.append(request.index)
-        progress.output_tokens[request.index] = max(1, output_tokens)
+    def _node_done(self, request: Request, output_tokens: int, *, replan: bool = True) -> None:
+        extra = self._extras.get(request.node)
+        if extra is not None:
+            extra.pending.pop(request.index, None)
+        else:
+            progress = self._nodes[request.node]
+            progress.finished.append(request.index)
+            progress.output_tokens[request.index] = max(1, output_tokens)
         self._remaining[request.model] -= 1
-        if self._remaining[request.model] <= 0 and self._outstanding[request.model] == 0:
+        done = self._remaining[request.model] <= 0 and self._outstanding[request.model] == 0
+        if replan and done:
             self._needs_replan = self._needs_replan or f"{request.model} finished"
 
     def _flush_journal(self) -> None:
-        if self.journal is not None and self._pending_journal:
+        """Write finished results to the journal. If it cannot be written (a full disk), the run goes on
+        without it and the report says from when results are not journalled."""
+        if self.journal is None or not self._pending_journal:
+            return
+        try:
             self.journal.put_many(self._pending_journal)
-            self._pending_journal = []
+        except JournalError as exc:
+            self._add_error(f"{exc}; results from {self.backend.now():.1f} s on are not journalled, so a resumed "
+                            "run recomputes them")
+            self.journal = None
+        self._pending_journal = []
 
-    def _fail_everything(self, message: str) -> None:
+    def _add_error(self, message: str) -> None:
+        """Record a problem of the run as a whole (once), and log it."""
+        if message not in self.report.errors:
+            logger.error("%s", message)
+            self.report.errors.append(message)
+
+    def _fail_all(self, message: str) -> None:
+        """Fail every outstanding request with ``message`` (planning failed, or the driver itself did)."""
+        self._add_error(message)
+        for queue in self._queues.values():
+            queue.clear()
         for request_id, future in list(self._futures.items()):
-            if not future.done():
-                future.set_exception(RequestError(message))
-        self._futures.clear()
-        self._requests.clear()
+            request = self._requests.get(request_id)
+            try:
+                self._fail(request, future, message, replan=False)
+            except Exception:  # the bookkeeping itself is broken (the driver failed): still resolve the future
+                self._futures.pop(request_id, None)
+                if not future.done():
+                    future.set_exception(RequestError(message))
 
     # ---- engines -------------------------------------------------------------------------------------
     def _engines_of(self, model: str) -> list[_Engine]:
@@ -353,15 +493,17 @@ class Driver:
                 self.backend.submit(engine.spec.engine_id, batch)
 
     def _engine_gone(self, event: EngineStopped) -> None:
+        """An engine stopped: its unfinished requests go back to the front of the queue. If it failed, a request
+        that was on ``max_attempts`` failed engines fails, and the model is re-planned or given up."""
         engine = self._engines.pop(event.engine_id, None)
         if engine is None:
             return
         model = engine.spec.model
+        self._record_engine_end(engine)
         requeue = [rid for rid in event.unfinished if rid in self._requests]
         if event.failure is not None:
             self._engine_failures[model] += 1
             self.report.engine_failures.append(f"{self.backend.now():.1f} s: {event.failure}")
-            self._record_engine_end(engine)
             for rid in requeue:
                 request = self._requests[rid]
                 if request.attempts >= self.settings.max_attempts:
@@ -369,18 +511,21 @@ class Driver:
                                f"request {rid} to {model} was on {request.attempts} engines that failed; "
                                f"last failure: {event.failure}")
             requeue = [rid for rid in requeue if rid in self._requests]
-            if self._engine_failures[model] >= self.settings.max_engine_failures:
-                self._give_up(model, event.failure)
-            else:
-                self._needs_replan = self._needs_replan or f"engine {event.engine_id} ({model}) failed: {event.failure}"
-        else:
-            self._record_engine_end(engine)
         self._queues[model].extendleft(reversed(requeue))
+        if event.failure is None:
+            return
+        if event.permanent or self._engine_failures[model] >= self.settings.max_engine_failures:
+            self._give_up(model, event.failure)  # fails the queue, re-queued requests included
+        else:
+            self._needs_replan = self._needs_replan or f"engine {event.engine_id} ({model}) failed: {event.failure}"
 
     def _give_up(self, model: str, failure: str) -> None:
-        """A model whose engines keep failing: its requests fail with the cause, the rest of the run goes on."""
-        message = (f"model {model}: its engine failed {self._engine_failures[model]} times "
+        """A model whose engines keep failing: its requests, queued or still to come, fail with the cause; the
+        rest of the run goes on."""
+        message = (f"model {model}: its engine failed {self._engine_failures[model]} time(s) "
                    f"(last: {failure}); its requests are abandoned")
+        self._given_up[model] = message
+        self._add_error(message)
         queue = self._queues[model]
         while queue:
             rid = queue.popleft()
@@ -397,7 +542,7 @@ class Driver:
                 used[device] += engine.spec.memory_fraction
         still = []
         for spec, plan in self._waiting_starts:
-            if self._engine_failures[spec.model] >= self.settings.max_engine_failures:
+            if spec.model in self._given_up:
                 continue
             if any(used[d] + spec.memory_fraction > 1.0 + 1e-9 for d in spec.devices):
                 still.append((spec, plan))
@@ -423,20 +568,19 @@ class Driver:
         self.backend.close()
 
     # ---- the plan ------------------------------------------------------------------------------------
-    def current_app(self) -> AppGraph:
-        """The app graph plus one node per model for requests beyond it (what the planner plans)."""
-        if self._app_dirty or self._app is None:
-            nodes = list(self.base_app.nodes) if self.base_app is not None else []
-            for name, inputs in self._extra_inputs.items():
-                model = name[: -len(EXTRA_SUFFIX)]
-                nodes.append(LLMNode(name=name, model=model, input_tokens=list(inputs),
-                                     max_tokens=self._extra_max_tokens[name]))
-            self._app = AppGraph(name=self.base_app.name if self.base_app else "pool", nodes=nodes)
-            self._app_dirty = False
-        return self._app
+    def current_app(self) -> AppGraph | None:
+        """What the planner plans: the app graph plus, per model, a node of the unfinished requests beyond it;
+        None if there is neither."""
+        nodes = list(self.base_app.nodes) if self.base_app is not None else []
+        for name, extra in self._extras.items():
+            if extra.pending:
+                nodes.append(LLMNode(name=name, model=extra.model, input_tokens=list(extra.pending.values()),
+                                     max_tokens=extra.max_tokens))
+        if not nodes:
+            return None
+        return AppGraph(name=self.base_app.name if self.base_app else "pool", nodes=nodes)
 
-    def _run_state(self) -> RunState:
-        app = self.current_app()
+    def _run_state(self, app: AppGraph) -> RunState:
         finished = {name: sorted(p.finished) for name, p in self._nodes.items() if p.finished}
         outputs = {name: dict(p.output_tokens) for name, p in self._nodes.items() if p.output_tokens}
         engines: dict[str, ExecutionPlan | None] = {}
@@ -447,10 +591,9 @@ class Driver:
             engines[model] = running[0].plan if whole else None
         lengths = {}
         for model, observed in self._observed.items():
-            if model in app.models() and observed:
-                tokens, cut = zip(*observed, strict=True)
-                base = self._base_lengths(model)
-                lengths[model] = base.refined(np.asarray(tokens), censored=np.asarray(cut))
+            if model in app.models() and observed.tokens:
+                lengths[model] = self._base_lengths(model).refined(np.asarray(observed.tokens),
+                                                                   censored=np.asarray(observed.cut))
         loads = {m: dict(v) for m, v in self._loads.items() if m in app.models()}
         return RunState(finished=finished, output_tokens=outputs, engines=engines, output_lengths=lengths,
                         load_seconds=loads, elapsed_seconds=self.backend.now())
@@ -463,21 +606,21 @@ class Driver:
 
     def _replan(self, reason: str) -> None:
         self._needs_replan = None
-        app = self.current_app() if (self.base_app is not None or self._extra_inputs) else None
+        app = self.current_app()
         if app is None:
             return
         started = time.perf_counter()
         try:
             if self._plan is None:
-                state = self._run_state()
+                state = self._run_state(app)
                 plan = replan(app, self.cluster, state, self.settings.planner, seed=self.settings.seed,
                               profiles=self.profiles) if state.finished else plan_app(
                     app, self.cluster, self.settings.planner, seed=self.settings.seed, profiles=self.profiles)
             else:
-                plan = replan(app, self.cluster, self._run_state(), self.settings.planner, seed=self.settings.seed,
+                plan = replan(app, self.cluster, self._run_state(app), self.settings.planner, seed=self.settings.seed,
                               profiles=self.profiles)
         except SamullmError as exc:
-            self._fail_everything(f"planning failed: {exc}")
+            self._fail_all(f"planning failed: {exc}")
             return
         planning = time.perf_counter() - started
         now = self.backend.now()

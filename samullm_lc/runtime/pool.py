@@ -6,7 +6,9 @@
         result = await pool.agenerate("tiny-llama-s", "Hello")
 
 ``submit`` validates in the caller's thread and returns a ``concurrent.futures.Future`` at once; a bad
-request resolves its future with a ``RequestError`` and nothing else notices. One driver thread (see
+request resolves its future with a ``RequestError`` and nothing else notices. Once the pool has started,
+``submit`` never raises: a request the pool can no longer take (closed, or its driver failed) fails its own
+future with the reason. One driver thread (see
 ``driver.py``) runs everything else in-process: no server. ``app`` (the multi-LLM dependency graph, e.g.
 from tracing) tells the planner what is coming; requests beyond it are planned as they arrive.
 """
@@ -26,7 +28,7 @@ import numpy as np
 
 from samullm_lc.costmodel.architecture import resolve_architecture
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import ConfigError
+from samullm_lc.errors import ConfigError, PoolError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
@@ -72,18 +74,18 @@ class EnginePool:
         self.models = list(dict.fromkeys([*(app.models() if app else []), *models]))
         if not self.models:
             raise ConfigError("the pool serves no model: give an app graph or `models=[...]`")
-        if replan_threshold <= 0:
-            raise ConfigError(f"replan_threshold must be above 0 (0.25 = re-plan 25% behind plan), got {replan_threshold}")
+        settings = DriverSettings(planner=planner, replan_threshold=replan_threshold, max_in_flight=max_in_flight,
+                                  seed=seed)
         self.profiles = dict(profiles or {})
         self._check_profiles()
         self.backend = self._make_backend(backend, engine_settings, seed)
         self.journal = Journal(journal) if journal is not None else None
-        settings = DriverSettings(planner=planner, replan_threshold=replan_threshold, max_in_flight=max_in_flight,
-                                  seed=seed)
         self._progress = ProgressDisplay(self.models, enabled=progress)
         self._driver = Driver(app, self.cluster, self.backend, models=self.models, profiles=self.profiles,
                               journal=self.journal, settings=settings, on_progress=self._progress.update)
         self._ids = itertools.count()
+        self._rejected = 0
+        self._rejected_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -111,14 +113,19 @@ class EnginePool:
             return SimBackend(self.cluster, profiles=self.profiles, seed=seed)
         if backend == "vllm":
             from samullm_lc.runtime.backends.vllm_backend import VllmBackend
+            from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
 
+            exit_if_reimported_main()
             kind = self.cluster.spec.kind
             if kind == "cpu" and self.cluster.num_gpus > len(os.sched_getaffinity(0)):
                 raise ConfigError(
                     f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
                     f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
                 )
-            return VllmBackend(engine_settings or default_engine_settings(self.cluster), device_kind=kind)
+            settings_for = engine_settings or default_engine_settings(self.cluster)
+            for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
+                settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+            return VllmBackend(settings_for, device_kind=kind)
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
 
     # ---- lifecycle -----------------------------------------------------------------------------------
@@ -146,7 +153,8 @@ class EnginePool:
         return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
-        """Finish what was submitted, stop the engines, close the journal."""
+        """Finish what was submitted, stop the engines, close the journal; ``PoolError`` if the driver failed
+        (every request it had was failed with the cause first)."""
         if self._thread is not None:
             self._driver.closing.set()
             self.backend.wake()
@@ -156,7 +164,8 @@ class EnginePool:
         if self.journal is not None:
             self.journal.close()
         if self._error is not None:
-            raise RuntimeError("the engine pool's driver failed") from self._error
+            error, self._error = self._error, None
+            raise PoolError(f"the engine pool's driver failed: {type(error).__name__}: {error}") from error
 
     def __enter__(self) -> EnginePool:
         return self.start()
@@ -174,24 +183,35 @@ class EnginePool:
         sampling: SamplingSpec | dict[str, Any] | None = None,
         node: str | None = None,
     ) -> Future[GenerationResult]:
-        """Queue one request; the future resolves to its result or fails with a ``RequestError``."""
+        """Queue one request; the future resolves to its result or fails with a ``RequestError``.
+
+        Raises ``PoolError`` only if the pool was never started (or is closed): use it as a context manager.
+        """
+        if self._thread is None:
+            raise PoolError("the pool is not running: use `with EnginePool(...) as pool:` or call start() first")
         future: Future[GenerationResult] = Future()
         request_id = next(self._ids)
         try:
-            if model not in self.models:
+            if not isinstance(model, str) or model not in self.models:
                 raise ConfigError(f"unknown model {model!r}: this pool serves {self.models}")
             kind, body = normalise_prompt(prompt, messages)
             spec = SamplingSpec.parse(sampling)
-            if node is not None and not self._driver.has_node(node):
+            if node is not None and (not isinstance(node, str) or not self._driver.has_node(node)):
                 raise ConfigError(f"unknown app node {node!r}")
         except ConfigError as exc:
-            future.set_exception(RequestError(f"request {request_id} to {model!r} rejected: {exc}"))
-            return future
-        if not self._alive():
-            raise RuntimeError("the pool is not running: use `with EnginePool(...) as pool:` or call start()")
+            return self._refuse(future, f"request {request_id} to {model!r:.80} rejected: {exc}")
         request = Request(id=request_id, model=model, kind=kind, prompt=body, sampling=spec, node=node or "")
-        self._driver.inbox.append((request, future))
+        refused = self._driver.offer(request, future)
+        if refused is not None:
+            return self._refuse(future, f"request {request_id} to {model!r} not taken: {refused}")
         self.backend.wake()
+        return future
+
+    def _refuse(self, future: Future[GenerationResult], message: str) -> Future[GenerationResult]:
+        """Fail a request at submission (counted in the report's ``requests_rejected``)."""
+        with self._rejected_lock:
+            self._rejected += 1
+        future.set_exception(RequestError(message))
         return future
 
     def generate(self, model: str, prompt: str | list[int] | None = None, *, timeout: float | None = None,
@@ -205,7 +225,9 @@ class EnginePool:
 
     def report(self) -> RunReport:
         """Plan vs actual so far (complete once ``join`` or ``close`` returned)."""
-        return self._driver.snapshot()
+        report = self._driver.snapshot()
+        report.requests_rejected = self._rejected
+        return report
 
 
 def default_engine_settings(cluster: Cluster) -> Callable[[EngineSpec], EngineSettings]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
+from samullm_lc.user_files import write_private
 
 
 class ModelRecord(BaseModel):
@@ -77,6 +78,26 @@ class RunReport(BaseModel):
     replans: list[ReplanRecord] = Field(default_factory=list)
     engines: list[EngineSpan] = Field(default_factory=list)
     engine_failures: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list, description=(
+        "Problems of the run as a whole (planning failed, the journal stopped writing), oldest first."))
+    journal_recomputed: int = Field(0, description="Requests whose journalled result could not be read: recomputed.")
+    requests_rejected: int = Field(0, description=(
+        "Requests refused at submission: bad input, an unknown model, a pool that was closed or had failed."))
+
+    @property
+    def requests_done(self) -> int:
+        """Requests answered, over every model."""
+        return sum(m.requests_done for m in self.models)
+
+    @property
+    def requests_failed(self) -> int:
+        """Requests that resolved with an error: refused at submission, or failed in the pool."""
+        return self.requests_rejected + sum(m.requests_failed for m in self.models)
+
+    @property
+    def ok(self) -> bool:
+        """Every request answered and nothing went wrong with the run as a whole."""
+        return self.requests_failed == 0 and not self.errors
 
     @property
     def estimation_error(self) -> float | None:
@@ -92,9 +113,8 @@ class RunReport(BaseModel):
 
     def summary(self) -> str:
         """A few lines for a terminal."""
-        done = sum(m.requests_done for m in self.models)
-        failed = sum(m.requests_failed for m in self.models)
-        lines = [(f"{self.backend} on {self.cluster} [{self.planner}]: {done} requests done, {failed} failed, "
+        lines = [(f"{self.backend} on {self.cluster} [{self.planner}]: {self.requests_done} requests done, "
+                  f"{self.requests_failed} failed, "
                   f"{self.seconds:.1f} s, {self.output_tokens_per_second:,.0f} output tokens/s")]
         if self.estimation_error is not None:
             lines.append(f"  estimated {self.estimated_seconds:.1f} s (error {self.estimation_error:+.1%}); "
@@ -110,6 +130,9 @@ class RunReport(BaseModel):
             if r.planned_stage_seconds is not None and r.actual_stage_seconds is not None:
                 ran = f" [ran {r.actual_stage_seconds:.1f} s, planned {r.planned_stage_seconds:.1f} s]"
             lines.append(f"  {r.at_seconds:8.1f} s  {r.reason} -> {'; '.join(r.stage) or 'nothing to run'}{ran}")
+        if self.requests_rejected:
+            lines.append(f"  {self.requests_rejected} requests refused at submission (bad input)")
+        lines.extend(f"  error: {error}" for error in self.errors)
         return "\n".join(lines)
 
     def actual_plan(self) -> Plan:
@@ -139,10 +162,8 @@ class RunReport(BaseModel):
         return draw_gantt(self.actual_plan(), path)
 
     def save(self, path: str | Path) -> Path:
-        """Write the report as JSON."""
-        path = Path(path)
-        path.write_text(self.model_dump_json(indent=1))
-        return path
+        """Write the report as JSON, mode 0600 (it may name prompts' models and errors; see ``write_private``)."""
+        return write_private(path, self.model_dump_json(indent=1))
 
 
 def estimated_finish_seconds(plan: Plan, node_models: dict[str, str]) -> dict[str, float]:

@@ -1,9 +1,12 @@
 """What a client hands the engine pool and what it gets back.
 
 ``SamplingSpec`` mirrors the ``vllm.SamplingParams`` fields a pipeline sets per request (temperature, top_p,
-max_tokens, stop, seed, n, ignore_eos); the pool passes them to vLLM unchanged. A prompt is text, chat
-messages (the model's chat template applies), or token ids. ``GenerationResult`` is one request's answer;
-a request that fails resolves its future with a ``RequestError`` instead, and no other request notices.
+max_tokens, stop, seed, n, ignore_eos) and refuses, at submission, every value the engine would refuse
+(vLLM's own checks, and its OpenAI server's int64 seed range: a larger seed passes ``SamplingParams`` and
+then overflows inside an engine step). A prompt is text, chat messages (the model's chat template
+applies; content may be a list of text parts, joined as vLLM's server joins them), or token ids.
+``GenerationResult`` is one request's answer; a request that fails resolves its future with a
+``RequestError`` instead, and no other request notices.
 """
 
 from __future__ import annotations
@@ -14,11 +17,25 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from samullm_lc.errors import ConfigError, SamullmError
 
-ChatMessage = dict[str, str]
+ChatMessage = dict[str, Any]
+
+MAX_COMPLETIONS = 128
+"""Most completions per request (``n``): OpenAI's API limit, so one request cannot hold the engine."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Token ids and ``max_tokens`` are int32 inside the engine; larger values are refused, not wrapped."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""vLLM's OpenAI server accepts int64 seeds; ``SamplingParams`` accepts larger ones that overflow mid-step."""
+MAX_TEMPERATURE = 2.0
+"""``vllm.SamplingParams`` refuses temperatures above 2."""
+GREEDY_TEMPERATURE = 1e-5
+"""vLLM samples greedily below this temperature (``_SAMPLING_EPS``), and then allows only n = 1."""
+TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
+                  "thinking": "thinking"}
+"""Chat content part types that carry text, and the key holding it (as vLLM's chat parser reads them)."""
 
 
 class RequestError(SamullmError):
@@ -30,13 +47,31 @@ class SamplingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_tokens: int = Field(256, ge=1, description="Most tokens to generate.")
-    temperature: float = Field(1.0, ge=0.0, description="0 is greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: list[str] | None = Field(None, description="Stop strings.")
-    seed: int | None = Field(None, description="Per-request sampling seed.")
-    n: int = Field(1, ge=1, description="Completions per prompt.")
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKEN_ID, description="Most tokens to generate.")
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    stop: list[str] | None = Field(None, description="Stop strings (a single string is one stop string).")
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Per-request sampling seed.")
+    n: int = Field(1, ge=1, le=MAX_COMPLETIONS, description="Completions per prompt.")
     ignore_eos: bool = Field(False, description="Keep generating past the end-of-sequence token (benchmarks).")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not s for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value or None
+
+    @model_validator(mode="after")
+    def _greedy_takes_one(self) -> SamplingSpec:
+        if self.n > 1 and self.temperature < GREEDY_TEMPERATURE:
+            raise ValueError(f"n = {self.n} needs temperature > 0: greedy decoding gives one completion")
+        return self
 
     @classmethod
     def parse(cls, value: SamplingSpec | dict[str, Any] | None) -> SamplingSpec:
@@ -121,20 +156,75 @@ def normalise_prompt(
     if (prompt is None) == (messages is None):
         raise ConfigError("give a request either `prompt` (text or token ids) or `messages` (chat), not both or neither")
     if messages is not None:
-        if not isinstance(messages, list) or not messages:
-            raise ConfigError("`messages` must be a non-empty list of {'role': ..., 'content': ...} dicts")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or not {"role", "content"} <= set(message):
-                raise ConfigError(f"message {i} must be a dict with 'role' and 'content', got {message!r:.80}")
-        return "chat", messages
+        return "chat", normalise_messages(messages)
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ConfigError("the prompt is empty; give at least one non-blank character")
         return "text", prompt
-    ids = np.asarray(prompt)
+    if isinstance(prompt, (bytes, dict, set)):
+        raise ConfigError(f"a prompt is text or a sequence of token ids, got {type(prompt).__name__}")
+    try:
+        ids = np.asarray(prompt)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"a token-id prompt must be a flat sequence of integers ({exc})") from None
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
         raise ConfigError("a token-id prompt must be a non-empty 1-D sequence of integers")
-    return "tokens", ids.astype(np.int32, copy=False)
+    if ids.min() < 0 or ids.max() > MAX_TOKEN_ID:
+        raise ConfigError(f"token ids must lie in [0, {MAX_TOKEN_ID}] (the model's vocabulary), "
+                          f"got {int(ids.min())}..{int(ids.max())}")
+    return "tokens", ids.astype(np.int32)
+
+
+def normalise_messages(messages: Any) -> list[ChatMessage]:
+    """Chat messages as the engine's chat template takes them: a role and text content each.
+
+    Content is a string or a list of parts (OpenAI / LangChain content blocks): text parts are joined with
+    newlines, as vLLM's server does for text-only models; a media part is refused (the pool's models read
+    text). Other message keys (``name``, ``tool_call_id``, ...) pass through if they are JSON values.
+    """
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ConfigError("`messages` must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    normalised = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not {"role", "content"} <= set(message):
+            raise ConfigError(f"message {i} must be a dict with 'role' and 'content', got {message!r:.80}")
+        role = message["role"]
+        if not isinstance(role, str) or not role:
+            raise ConfigError(f"message {i}: 'role' must be a non-empty string such as 'user', got {role!r:.40}")
+        extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"message {i}: its other fields must be JSON values ({exc})") from None
+        normalised.append({**extra, "role": role, "content": _message_text(i, message["content"])})
+    return normalised
+
+
+def _message_text(index: int, content: Any) -> str:
+    """A message's content as one string (see ``normalise_messages``)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, (list, tuple)):
+        raise ConfigError(f"message {index}: 'content' must be a string or a list of text parts, "
+                          f"got {type(content).__name__}")
+    texts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in TEXT_PART_KEYS:
+            raise ConfigError(
+                f"message {index}, content part {j}: type {kind!r:.40} is not a text part; the pool's models read "
+                f"text only, so give parts of type {sorted(TEXT_PART_KEYS)} (or plain strings)")
+        text = part.get(TEXT_PART_KEYS[kind])
+        if text is None:
+            continue  # vLLM skips a text part without text
+        if not isinstance(text, str):
+            raise ConfigError(f"message {index}, content part {j}: {TEXT_PART_KEYS[kind]!r} must be a string, "
+                              f"got {type(text).__name__}")
+        texts.append(text)
+    return "\n".join(texts)
 
 
 def content_key(model: str, kind: PromptKind, prompt: Any, sampling: SamplingSpec) -> str:

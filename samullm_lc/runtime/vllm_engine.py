@@ -5,6 +5,11 @@ with them. On the CPU engine the engine runs in this process (``VLLM_ENABLE_V1_M
 the ``uni`` executor): it starts in seconds instead of tens of seconds, and its steps can be observed.
 ``StepRecorder`` times every engine step and reads the batch the scheduler chose for it, which is what
 ``samullm profile`` fits the step-latency model to.
+
+Nothing here reaches the network: a model is a tiny model's generated folder, a local folder, or a Hugging
+Face id already in the local hub cache (resolved to its folder); anything else is a ``ConfigError`` saying
+how to get the files. Engines run with the hub's offline mode and vLLM's usage statistics off
+(``OFFLINE_DEFAULTS``); a variable the user set keeps its value, so ``HF_HUB_OFFLINE=0`` lets vLLM download.
 """
 
 from __future__ import annotations
@@ -70,16 +75,49 @@ class EngineSettings(BaseModel):
         return kwargs
 
 
+OFFLINE_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+                    "VLLM_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
+"""Environment an engine runs with unless the user set these variables: no hub downloads, no usage reports."""
+
+
+def apply_offline_defaults() -> None:
+    """Set ``OFFLINE_DEFAULTS`` in this process where the user has not set them (before vLLM is imported)."""
+    for name, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
 def engine_settings_for(model: str, **settings: object) -> tuple[EngineSettings, ModelArchitecture]:
-    """Tiny model names become generated folders with random weights; anything else is used as given."""
+    """Tiny model names become generated folders with random weights; other models must be local folders
+    (``local_model_folder``)."""
     if model in TINY_MODELS:
         folder = ensure_tiny_model(model)
         architecture = ModelArchitecture.from_config_file(folder, name=model)
         return EngineSettings(model=str(folder), **TINY_MODELS[model].vllm_kwargs(), **settings), architecture
-    architecture = resolve_architecture(model)
+    folder = local_model_folder(model)
+    architecture = resolve_architecture(folder if Path(folder).exists() else model)
+    return EngineSettings(model=folder, **settings), architecture.model_copy(update={"name": Path(model).name})
+
+
+def local_model_folder(model: str) -> str:
+    """The folder vLLM should load ``model`` from, without the network: a path as given, or a Hugging Face id
+    found in the local hub cache. With ``HF_HUB_OFFLINE=0`` set by the user, an id is passed on for vLLM to
+    download. ``ConfigError`` otherwise, saying how to get the files."""
     if Path(model).exists():
-        architecture = architecture.model_copy(update={"name": Path(model).name})
-    return EngineSettings(model=model, **settings), architecture
+        return model
+    if os.environ.get("HF_HUB_OFFLINE") == "0":
+        return model
+    if model.count("/") == 1:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(model, local_files_only=True)
+        except Exception:  # not in the cache (or no hub library): the message below says what to do
+            pass
+    raise ConfigError(
+        f"model {model!r} is not a local folder{' nor in the local Hugging Face cache' if '/' in model else ''}, "
+        "and samullm_lc never downloads models: fetch it once (e.g. `huggingface-cli download ORG/NAME`) and give "
+        "its folder or its ORG/NAME id, or set HF_HUB_OFFLINE=0 to let vLLM download it"
+    )
 
 
 def is_cpu_engine() -> bool:
@@ -92,6 +130,7 @@ def is_cpu_engine() -> bool:
 def start_llm(settings: EngineSettings) -> LLM:
     """Start an engine in this process; raise EngineError naming the model if it cannot start."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    apply_offline_defaults()
     try:
         from vllm import LLM
     except ImportError as exc:

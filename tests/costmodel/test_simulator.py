@@ -8,7 +8,7 @@ import pytest
 from samullm_lc.costmodel.latency.linear import LinearLatencyModel
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.costmodel.simulator import BLOCKS, ContinuousBatchingSimulator, simulate
-from samullm_lc.errors import ConfigError
+from samullm_lc.errors import ConfigError, SamullmError
 
 # One second per step plus 0.1 s per prefill token: step times are easy to add up by hand.
 STEP = LinearLatencyModel(intercept_seconds=1.0, coefficients={"prefill_tokens": 0.1})
@@ -309,3 +309,40 @@ def test_a_deep_copy_taken_mid_run_continues_on_its_own(overshoot_ok):
     np.testing.assert_allclose(copied.finish_seconds, expected.finish_seconds, rtol=1e-9)
     np.testing.assert_allclose(extended.finish_seconds[:n], expected.finish_seconds, rtol=1e-9)
     assert extended.finish_seconds.size == n + 1 and copied.finish_seconds.size == n
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_forgetting_finished_requests_mid_run_changes_nothing_that_follows(seed):
+    # A stream served finish by finish (as the pool's simulated engines do): forgetting the finished prefix
+    # whenever there is one must leave every later finish exactly where an untouched run puts it, with waits,
+    # preemption (a small KV cache) and requests arriving while others decode.
+    rng = np.random.default_rng(300 + seed)
+    n = 150
+    inputs, outputs = rng.integers(1, 200, n), rng.geometric(1 / 30, n).clip(1, 250)
+    arrivals = np.sort(rng.uniform(0, 4, n))
+    after = [[int(rng.integers(k - 10, k))] if k >= 60 and k % 3 == 0 else [] for k in range(n)]
+    cfg = config(num_kv_blocks=60, max_model_len=512, max_num_seqs=16, max_num_batched_tokens=128)
+    latency = LinearLatencyModel(intercept_seconds=0.01, coefficients={"prefill_tokens": 1e-4, "decode_seqs": 1e-3})
+    reference = ContinuousBatchingSimulator(cfg, latency)
+    reference.add_requests(inputs, outputs, arrivals, after=after)
+    expected = reference.run()
+    assert expected.num_preemptions > 0
+
+    sim = ContinuousBatchingSimulator(cfg, latency)
+    sim.add_requests(inputs, outputs, arrivals, after=after)
+    forgotten, finish = 0, np.full(n, np.nan)
+    while True:
+        result = sim.run(stop_at_first_finish=True)
+        done = ~np.isnan(result.finish_seconds)
+        finish[forgotten:][done] = result.finish_seconds[done]
+        prefix = int(done.size if done.all() else done.argmin())
+        sim.forget(prefix)
+        forgotten += prefix
+        if result.finished:
+            break
+    assert forgotten == n
+    np.testing.assert_allclose(finish, expected.finish_seconds, rtol=1e-9)
+    with pytest.raises(SamullmError, match="only finished"):
+        fresh = ContinuousBatchingSimulator(cfg, latency)
+        fresh.add_requests([10], [5])
+        fresh.forget(1)

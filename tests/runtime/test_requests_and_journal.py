@@ -1,11 +1,10 @@
-"""Requests are validated at the edge; the journal keeps finished results across processes."""
+"""Requests are validated at the edge (the journal's tests are in test_journal.py)."""
 
 import numpy as np
 import pytest
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.runtime.journal import Journal
-from samullm_lc.runtime.requests import Completion, GenerationResult, SamplingSpec, content_key, normalise_prompt
+from samullm_lc.runtime.requests import SamplingSpec, content_key, normalise_prompt
 
 
 def test_sampling_spec_names_the_bad_field_and_the_allowed_ones():
@@ -37,23 +36,3 @@ def test_content_key_is_stable_and_sensitive():
     assert key != content_key("m", "tokens", [1, 2, 4], spec)
     assert key != content_key("m", "tokens", [1, 2, 3], SamplingSpec(max_tokens=5))
     assert key != content_key("other", "tokens", [1, 2, 3], spec)
-
-
-def test_journal_survives_reopening_and_keeps_the_first_result(tmp_path):
-    path = tmp_path / "run.sqlite"
-    result = GenerationResult(model="m", prompt_tokens=3, completions=[Completion(text="a b", num_tokens=2)])
-    journal = Journal(path)
-    journal.put_many([("k:0", result)])
-    journal.put_many([("k:0", result.model_copy(update={"prompt_tokens": 99}))])
-    journal.close()
-    again = Journal(path)
-    stored = again.get("k:0")
-    assert stored is not None and stored.from_journal and stored.prompt_tokens == 3 and stored.text == "a b"
-    assert again.get("k:1") is None and len(again) == 1
-
-
-def test_journal_in_a_missing_folder_that_cannot_be_made_is_a_config_error(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(ConfigError, match="writable"):
-        Journal(blocker / "sub" / "run.sqlite")

@@ -171,3 +171,67 @@ def test_a_run_killed_with_sigkill_resumes_from_its_journal(profiles, tmp_path):
     for i, r in enumerate(results):
         by_prompt.setdefault(i % 50, set()).add(r.text)
     assert all(len(texts) == 1 for texts in by_prompt.values())
+
+
+def test_a_request_that_breaks_an_engine_step_fails_alone_and_the_engine_keeps_running():
+    # A seed past int64 passes vllm.SamplingParams, then overflows inside the engine step (the pool refuses it
+    # at submission; here it is handed to the backend directly, as any request vLLM only fails while running
+    # would be). The worker aborts the step's requests, re-runs them in halves, and fails only the culprit.
+    backend = VllmBackend(default_engine_settings(Cluster.parse("1xcpu")), device_kind="cpu")
+    try:
+        backend.start_engine(EngineSpec(engine_id=0, model=MODEL, devices=(0,)))
+        _events_until(backend, EngineReady, 0)
+        good = [Request(id=i, model=MODEL, kind="text", prompt=f"request {i}",
+                        sampling=SamplingSpec(max_tokens=6, ignore_eos=True, seed=i)) for i in range(10)]
+        bad = Request(id=99, model=MODEL, kind="text", prompt="the bad one",
+                      sampling=SamplingSpec.model_construct(**{**SamplingSpec().model_dump(), "seed": 2**70}))
+        backend.submit(0, good[:5] + [bad] + good[5:])
+        done, deadline = {}, time.monotonic() + 180
+        while len(done) < 11 and time.monotonic() < deadline:
+            for event in backend.wait(timeout=1.0):
+                assert not isinstance(event, EngineStopped), event
+                if isinstance(event, RequestDone):
+                    done[event.request_id] = event
+        assert set(done) == {*range(10), 99}
+        assert all(done[i].error is None and done[i].result.completions[0].num_tokens == 6 for i in range(10))
+        assert "failed while running only this request" in done[99].error and "Overflow" in done[99].error
+        backend.submit(0, [Request(id=100, model=MODEL, kind="text", prompt="after it",
+                                   sampling=SamplingSpec(max_tokens=3, ignore_eos=True))])
+        after = [e for e in _events_until(backend, RequestDone, 0) if isinstance(e, RequestDone)]
+        assert after[-1].request_id == 100 and after[-1].error is None
+    finally:
+        backend.close()
+
+
+def test_random_requests_on_the_real_engine_resolve_without_an_engine_restart(profiles):
+    from tests.runtime.test_pool_hardening import fuzz_requests
+
+    fuzz_requests(num_random=240, num_good=40, seed=1, max_prompt=600, model=MODEL, pool_factory=lambda: EnginePool(
+        None, "1xcpu", models=[MODEL], profiles=profiles, progress=False))
+
+
+_UNGUARDED = textwrap.dedent("""
+    from samullm_lc.runtime.pool import EnginePool
+    from samullm_lc.profiling.pool_profiles import pool_profiles
+
+    profiles = pool_profiles(["tiny-llama-s"], scale={scale})
+    with EnginePool(None, "1xcpu", models=["tiny-llama-s"], profiles=profiles, progress=False) as pool:
+        print(pool.generate("tiny-llama-s", "hello", sampling={{"max_tokens": 4}}).text)
+""")
+
+
+def test_a_script_without_a_main_guard_is_told_what_to_do_instead_of_hanging(profiles, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED.format(scale=PROFILE_SCALE))
+    started = time.monotonic()
+    child = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert child.returncode != 0 and time.monotonic() - started < 120
+    assert 'put that code under `if __name__ == "__main__":`' in child.stderr
+    assert "its engine failed 1 time(s)" in child.stderr  # given up at once, not restarted three times
+
+
+def test_a_model_that_is_not_on_this_machine_fails_when_the_pool_is_made_not_mid_run():
+    from samullm_lc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="never downloads models"):
+        EnginePool(None, "1xA100-80GB", models=["meta-llama/Llama-2-7b-hf"], backend="vllm", progress=False)

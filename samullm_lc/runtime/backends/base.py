@@ -48,11 +48,13 @@ class EngineStopped:
     """An engine is gone and its devices are free; ``unfinished`` are the request ids it had not finished.
 
     ``failure`` is None for a stop the pool asked for, else why the engine died (crash, killed process).
+    ``permanent`` says a new engine of the model would fail the same way (the pool gives the model up at once).
     """
 
     engine_id: int
     unfinished: tuple[int, ...]
     failure: str | None = None
+    permanent: bool = False
 
 
 Event = EngineReady | RequestDone | EngineStopped

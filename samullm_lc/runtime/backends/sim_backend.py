@@ -4,6 +4,9 @@ Each engine is a ``ContinuousBatchingSimulator`` with the latency model, engine 
 planner uses for that model and plan, so a run is a dry run at any scale (64 simulated GPUs on a laptop).
 Output lengths are drawn from the model's output-length distribution (``ignore_eos`` gives ``max_tokens``);
 the text of a completion is one placeholder word per token, so downstream prompts grow as they would.
+A request the real engine would refuse is refused here too, with vLLM's reasons: a prompt that leaves no
+room for output within ``max_model_len`` (text prompts are counted at 4 characters a token, as no
+tokenizer is loaded), token ids outside the model's vocabulary.
 
 ``wait`` moves the clock to the next event: an engine finishing its load, or the next request finish of
 any engine. An engine's simulator runs ahead to its own next finish; a request submitted to it at an
@@ -27,6 +30,8 @@ from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStop
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 
 PLACEHOLDER_WORD = "sim"
+FORGET_AFTER = 4096
+"""Reported sequences an engine keeps before its simulator forgets them (memory stays bounded on a stream)."""
 
 
 @dataclass(slots=True)
@@ -82,10 +87,15 @@ class SimBackend:
 
     def submit(self, engine_id: int, requests: list[Request]) -> None:
         engine = self._engines[engine_id]
-        distribution = self.model_engines(engine.spec.model).sampling.output_lengths
+        model = self.model_engines(engine.spec.model)
+        distribution = model.sampling.output_lengths
         prompts, outputs, caps = [], [], []
         for request in requests:
-            prompt = min(request.prompt_length_hint(), engine.max_model_len - 1)
+            prompt = request.prompt_length_hint()
+            refusal = _refusal(request, prompt, engine.max_model_len, model.architecture.vocab_size)
+            if refusal is not None:
+                self._queued.append(RequestDone(engine_id, request.id, None, refusal))
+                continue
             sampling = request.sampling
             cap = min(sampling.max_tokens, engine.max_model_len - prompt)
             if sampling.ignore_eos:
@@ -98,6 +108,8 @@ class SimBackend:
             prompts.extend([prompt] * sampling.n)
             outputs.extend(lengths)
             caps.extend([cap] * sampling.n)
+        if not prompts:
+            return
         local = max(self._clock - engine.ready_at, engine.sim.now)
         engine.sim.add_requests(np.asarray(prompts), np.asarray(outputs), np.full(len(prompts), local))
         engine.max_tokens.extend(caps)
@@ -170,7 +182,42 @@ class SimBackend:
             events.append(RequestDone(engine.spec.engine_id, request_id,
                                       GenerationResult(model=engine.spec.model, completions=completions,
                                                        prompt_tokens=engine.prompt_tokens[sequences[0]])))
+        _forget_reported(engine)
         return events
 
     def close(self) -> None:
         self._engines.clear()
+
+
+def _refusal(request: Request, prompt_tokens: int, max_model_len: int, vocab_size: int) -> str | None:
+    """Why vLLM would refuse this request (its input processor's checks and words), or None."""
+    if request.kind == "tokens":
+        ids = request.prompt
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:  # type: ignore[union-attr]
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())  # type: ignore[union-attr]
+            return f"VLLMValidationError: Token id {bad} is out of vocabulary (the model has {vocab_size} tokens)"
+    counted = "" if request.kind == "tokens" else " (counted at 4 characters a token)"
+    if prompt_tokens > max_model_len:
+        return (f"VLLMValidationError: The decoder prompt (length {prompt_tokens}{counted}) is longer than the "
+                f"maximum model length of {max_model_len}.")
+    if prompt_tokens == max_model_len:
+        return (f"VLLMValidationError: The decoder prompt (length {prompt_tokens}{counted}) plus the number of "
+                f"requested output tokens (at least 1) is longer than the maximum model length of {max_model_len}.")
+    return None
+
+
+def _forget_reported(engine: _SimEngine) -> None:
+    """Drop the leading sequences whose requests were all reported, once there are ``FORGET_AFTER`` of them,
+    from the engine and its simulator (sequence numbers shift down)."""
+    reported = engine.reported
+    count = int(reported.size if reported.all() else reported.argmin())
+    if count < FORGET_AFTER:
+        return
+    count = min([count, *(sequences[0] for sequences in engine.sequences.values())])
+    if count < FORGET_AFTER:
+        return
+    engine.sim.forget(count)
+    del engine.owner[:count], engine.prompt_tokens[:count], engine.max_tokens[:count]
+    engine.reported = reported[count:].copy()
+    engine.sequences = {rid: [s - count for s in sequences] for rid, sequences in engine.sequences.items()}
+    engine.result = None

@@ -1,11 +1,11 @@
 """Real engines: one process per engine replica, each running ``vllm.LLM`` with its devices pinned.
 
-A worker process pins its devices before vLLM loads (``CUDA_VISIBLE_DEVICES`` on GPUs; on the CPU engine
-its cores, with one OpenMP thread per core), starts the engine in-process (vLLM's own executor runs tensor
-parallelism inside it), then loops: take new requests from its pipe, run one engine step, send back what
-finished. Requests vLLM rejects (a prompt longer than ``max_model_len``, invalid sampling parameters) come
-back as per-request errors. The parent multiplexes every worker's pipe in ``wait``; a worker whose pipe
-closes has died, and its unfinished requests are reported so the pool can run them elsewhere.
+A worker process (``vllm_worker.py``) pins its devices before vLLM loads (``CUDA_VISIBLE_DEVICES`` on
+GPUs; on the CPU engine its cores, with one OpenMP thread per core), starts the engine in-process (vLLM's
+own executor runs tensor parallelism inside it) and serves requests from its pipe; a request vLLM refuses,
+or one that makes an engine step fail on its own, comes back as that request's error. The parent
+multiplexes every worker's pipe in ``wait``; a worker whose pipe closes has died, and its unfinished
+requests are reported so the pool can run them elsewhere.
 
 A worker whose engine was stopped shuts the engine down and waits, with vLLM and torch still imported, for
 the next engine: starting an engine in it is a model load (about 1.5 s for the tiny models here) instead
@@ -21,7 +21,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -29,6 +28,12 @@ from typing import Any
 
 from samullm_lc.errors import ConfigError
 from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.backends.vllm_worker import (
+    REIMPORTED_MAIN_ADVICE,
+    REIMPORTED_MAIN_EXIT_CODE,
+    cpu_pinning_env,
+    worker_main,
+)
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 from samullm_lc.runtime.vllm_engine import EngineSettings
 
@@ -185,11 +190,17 @@ class VllmBackend:
                                              reusable=kind == "stopped"))
                     return events
         except (EOFError, OSError):
+            worker.process.join(timeout=1.0)  # reap it, for its exit code
             code = worker.process.exitcode
-            events.append(self._gone(worker, f"engine process {worker.process.pid} died (exit code {code})"))
+            if code == REIMPORTED_MAIN_EXIT_CODE:
+                events.append(self._gone(worker, f"engine process {worker.process.pid} stopped: "
+                                                 f"{REIMPORTED_MAIN_ADVICE}", permanent=True))
+            else:
+                events.append(self._gone(worker, f"engine process {worker.process.pid} died (exit code {code})"))
         return events
 
-    def _gone(self, worker: _Worker, failure: str | None, *, reusable: bool = False) -> EngineStopped:
+    def _gone(self, worker: _Worker, failure: str | None, *, reusable: bool = False,
+              permanent: bool = False) -> EngineStopped:
         """The engine is done with. A worker stopped on request waits for the next engine (up to
         ``MAX_IDLE_WORKERS``); any other exits on its own (reaped later, so ``wait`` never blocks)."""
         self._workers.pop(worker.spec.engine_id, None)
@@ -203,7 +214,7 @@ class VllmBackend:
             worker.conn.close()
             self._exiting.append(worker.process)
         self._exiting = [p for p in self._exiting if p.is_alive()]
-        return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure)
+        return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure, permanent=permanent)
 
     def close(self) -> None:
         for engine_id in list(self._workers):
@@ -224,129 +235,3 @@ class VllmBackend:
                 process.kill()
                 process.join()
         self._exiting = []
-
-
-def cpu_pinning_env(cores: list[int]) -> dict[str, str]:
-    """Environment for a CPU engine on ``cores``: one OpenMP thread per core, and vLLM's own binding off
-    (two engines each binding "all cores" fight over them and run several times slower)."""
-    return {"OMP_NUM_THREADS": str(len(cores)), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-
-
-def pin_process(pinning: dict[str, Any]) -> None:
-    """Apply a pinning (environment, CPU affinity) to this process before vLLM and torch load, or again in a
-    reused worker (the affinity moves; the OpenMP thread count stays the first engine's)."""
-    os.environ.update(pinning["env"])
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    if pinning["cores"]:
-        os.sched_setaffinity(0, pinning["cores"])
-
-
-# ---- the worker process ------------------------------------------------------------------------------
-def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> None:
-    """Run engines until told to exit: the first one given here, then each one a ``start`` message names.
-
-    Every failure is reported on ``conn``; after a failed engine the process ends.
-    """
-    fresh = True
-    while True:
-        if not _run_engine(conn, model, settings, pinning, fresh=fresh):
-            return
-        fresh = False
-        try:
-            kind, payload = conn.recv()
-        except EOFError:  # the pool's process is gone
-            return
-        if kind != "start":
-            return
-        model, settings, pinning = payload
-
-
-def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any], *,
-                fresh: bool) -> bool:
-    """Start one engine (the process's first if ``fresh``) and serve it until the pool stops it; False if it
-    failed."""
-    pin_process(pinning)
-    started = time.monotonic()
-    try:
-        engine = _WorkerEngine(EngineSettings(**settings))
-    except Exception as exc:  # any start failure must reach the pool, which reports it
-        conn.send(("fatal", f"cannot start the engine for {model}: {type(exc).__name__}: {exc}"))
-        return False
-    conn.send(("ready", (time.monotonic() - started, fresh)))
-    try:
-        engine.serve(conn)
-        return True
-    except Exception:
-        conn.send(("fatal", f"engine for {model} failed: {traceback.format_exc(limit=3)}"))
-        return False
-    finally:
-        engine.shutdown()
-
-
-class _WorkerEngine:
-    """The engine inside a worker: adds requests, steps, reports finished ones."""
-
-    def __init__(self, settings: EngineSettings) -> None:
-        from samullm_lc.runtime.vllm_engine import start_llm
-
-        self.llm = start_llm(settings)
-        self.engine = self.llm.llm_engine
-        self.tokenizer = self.llm.get_tokenizer()
-        self.ids: dict[str, int] = {}  # vLLM's external request id (ours, as text) -> ours
-        self.internal: dict[str, str] = {}  # external -> the internal id vLLM assigned (for aborts)
-
-    def serve(self, conn: Connection) -> None:
-        while True:
-            busy = self.engine.has_unfinished_requests()
-            if busy and not conn.poll():
-                self._step(conn)
-                continue
-            kind, payload = conn.recv()
-            if kind == "stop":
-                unfinished = list(self.ids.values())
-                if self.internal:
-                    self.engine.abort_request(list(self.internal.values()), internal=True)
-                conn.send(("stopped", unfinished))
-                return
-            failed = self._add(payload)
-            if failed:
-                conn.send(("done", failed))
-
-    def _add(self, items: list[tuple[int, str, Any, dict[str, Any]]]) -> list[tuple[int, list, int, str]]:
-        """Queue requests in the engine; the ones vLLM refuses come back as errors."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        failed = []
-        for request_id, kind, prompt, sampling in items:
-            try:
-                params = SamplingParams(**sampling)
-                params.output_kind = RequestOutputKind.FINAL_ONLY
-                if kind == "chat":
-                    prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-                elif kind == "tokens":
-                    prompt = {"prompt_token_ids": [int(t) for t in prompt]}
-                self.internal[str(request_id)] = self.engine.add_request(str(request_id), prompt, params)
-                self.ids[str(request_id)] = request_id
-            except Exception as exc:  # vLLM validates prompts and parameters with several exception types
-                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}"))
-        return failed
-
-    def _step(self, conn: Connection) -> None:
-        finished = []
-        for output in self.engine.step():
-            if not output.finished:
-                continue
-            request_id = self.ids.pop(output.request_id, None)
-            if request_id is None:
-                continue
-            self.internal.pop(output.request_id, None)
-            completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
-            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None))
-        if finished:
-            conn.send(("done", finished))
-
-    def shutdown(self) -> None:
-        from samullm_lc.runtime.vllm_engine import shutdown_llm
-
-        shutdown_llm(self.llm)

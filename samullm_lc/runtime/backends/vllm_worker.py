@@ -1,0 +1,257 @@
+"""The worker process of a real engine: pin the devices, run ``vllm.LLM`` in-process, serve the pool's pipe.
+
+The process loops: take new requests from its pipe, run one engine step, send back what finished. A request
+vLLM refuses when it is added (a prompt longer than ``max_model_len``, invalid sampling parameters) comes
+back as that request's error. A request that makes an engine *step* fail (something vLLM only finds while
+running it) must not take the others down: the step's requests are aborted and re-run in halves, apart
+from everything else, until the one that fails alone is found (``_Isolation``). It fails with the step's
+error once a one-token probe shows the engine still works; if the probe fails too, the engine is broken and
+the worker reports a fatal error (the pool re-plans, and the requests run elsewhere).
+
+After its engine is stopped the process waits, with vLLM and torch imported, for the next engine (see
+``vllm_backend``); after a failed engine it exits.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+from samullm_lc.errors import EngineError
+from samullm_lc.runtime.vllm_engine import EngineSettings, apply_offline_defaults
+
+WorkItem = tuple[int, str, Any, dict[str, Any]]
+"""A request as the pool sends it: (id, prompt kind, prompt, ``SamplingParams`` keyword arguments)."""
+Outcome = tuple[int, list[tuple[str, int, str | None]], int, str | None]
+"""A finished request as the worker sends it back: (id, completions (text, tokens, finish reason), prompt
+tokens, error or None)."""
+PROBE_TOKEN_IDS = [1]
+"""The one-token prompt that checks an engine still works after a request failed a step on its own."""
+REIMPORTED_MAIN_EXIT_CODE = 78
+"""Exit code of an engine process that found the user's script starting engines as it imported it (EX_CONFIG)."""
+REIMPORTED_MAIN_ADVICE = (
+    "your script starts samullm engines when it is imported: put that code under `if __name__ == \"__main__\":`. "
+    "Each engine runs in a process started with multiprocessing's spawn, which imports the main script first, "
+    "so unguarded code would start engines again inside every engine process"
+)
+
+
+def exit_if_reimported_main() -> None:
+    """Stop this process if it is an engine process importing the user's main script (see
+    ``REIMPORTED_MAIN_ADVICE``): with a message, and an exit code the parent recognises, instead of a hang or
+    multiprocessing's traceback about bootstrapping."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        sys.stderr.write(f"samullm: {REIMPORTED_MAIN_ADVICE}\n")
+        sys.exit(REIMPORTED_MAIN_EXIT_CODE)
+
+
+def cpu_pinning_env(cores: list[int]) -> dict[str, str]:
+    """Environment for a CPU engine on ``cores``: one OpenMP thread per core, and vLLM's own binding off
+    (two engines each binding "all cores" fight over them and run several times slower)."""
+    return {"OMP_NUM_THREADS": str(len(cores)), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def pin_process(pinning: dict[str, Any]) -> None:
+    """Apply a pinning (environment, CPU affinity) to this process before vLLM and torch load, or again in a
+    reused worker (the affinity moves; the OpenMP thread count stays the first engine's)."""
+    os.environ.update(pinning["env"])
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    apply_offline_defaults()
+    if pinning["cores"]:
+        os.sched_setaffinity(0, pinning["cores"])
+
+
+def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> None:
+    """Run engines until told to exit: the first one given here, then each one a ``start`` message names.
+
+    Every failure is reported on ``conn``; after a failed engine the process ends.
+    """
+    fresh = True
+    while True:
+        if not _run_engine(conn, model, settings, pinning, fresh=fresh):
+            return
+        fresh = False
+        try:
+            kind, payload = conn.recv()
+        except EOFError:  # the pool's process is gone
+            return
+        if kind != "start":
+            return
+        model, settings, pinning = payload
+
+
+def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any], *,
+                fresh: bool) -> bool:
+    """Start one engine (the process's first if ``fresh``) and serve it until the pool stops it; False if it
+    failed."""
+    pin_process(pinning)
+    started = time.monotonic()
+    try:
+        engine = WorkerEngine(EngineSettings(**settings))
+    except Exception as exc:  # any start failure must reach the pool, which reports it
+        conn.send(("fatal", f"cannot start the engine for {model}: {type(exc).__name__}: {exc}"))
+        return False
+    conn.send(("ready", (time.monotonic() - started, fresh)))
+    try:
+        engine.serve(conn)
+        return True
+    except Exception:
+        conn.send(("fatal", f"engine for {model} failed: {traceback.format_exc(limit=3)}"))
+        return False
+    finally:
+        engine.shutdown()
+
+
+class _Isolation:
+    """After a failed step: groups of requests to re-run apart, each until it finishes or fails again.
+
+    A group that fails is split in two and both halves go to the front; a group of one that fails is the
+    culprit. Requests arriving meanwhile queue as a group of their own at the back, so they never share a
+    step with a suspect.
+    """
+
+    def __init__(self) -> None:
+        self.groups: deque[list[int]] = deque()
+        self.running = False  # a group is in the engine now
+
+    @property
+    def active(self) -> bool:
+        return self.running or bool(self.groups)
+
+    def failed(self, requests: list[int]) -> int | None:
+        """The requests of a failed step: the culprit if there is one request, else None (halves queued)."""
+        self.running = False
+        if len(requests) == 1:
+            return requests[0]
+        middle = len(requests) // 2
+        self.groups.extendleft([requests[middle:], requests[:middle]])
+        return None
+
+
+class WorkerEngine:
+    """The engine inside a worker: adds requests, steps, reports finished ones, isolates failing ones."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        from samullm_lc.runtime.vllm_engine import start_llm
+
+        self.llm = start_llm(settings)
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        self.items: dict[int, WorkItem] = {}  # every request given and not finished, to re-run it if need be
+        self.ids: dict[str, int] = {}  # vLLM's external request id (ours, as text) -> ours, while in the engine
+        self.internal: dict[str, str] = {}  # external -> the internal id vLLM assigned (for aborts)
+        self.isolation = _Isolation()
+
+    def serve(self, conn: Connection) -> None:
+        """Step while there is work and no message; take messages in between; return when stopped."""
+        while True:
+            busy = self.engine.has_unfinished_requests()
+            if not busy and self.isolation.groups:
+                self._send(conn, self._add([self.items[r] for r in self.isolation.groups.popleft()]))
+                self.isolation.running = busy = self.engine.has_unfinished_requests()
+            elif not busy:
+                self.isolation.running = False
+            if busy and not conn.poll():
+                self._step(conn)
+                continue
+            kind, payload = conn.recv()
+            if kind == "stop":
+                unfinished = list(self.items)
+                if self.internal:
+                    self.engine.abort_request(list(self.internal.values()), internal=True)
+                conn.send(("stopped", unfinished))
+                return
+            for item in payload:
+                self.items[item[0]] = item
+            if self.isolation.active:
+                self.isolation.groups.append([item[0] for item in payload])
+            else:
+                self._send(conn, self._add(payload))
+
+    @staticmethod
+    def _send(conn: Connection, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            conn.send(("done", outcomes))
+
+    def _add(self, items: list[WorkItem]) -> list[Outcome]:
+        """Queue requests in the engine; the ones vLLM refuses come back as errors."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        failed = []
+        for request_id, kind, prompt, sampling in items:
+            try:
+                params = SamplingParams(**sampling)
+                params.output_kind = RequestOutputKind.FINAL_ONLY
+                if kind == "chat":
+                    prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+                elif kind == "tokens":
+                    prompt = {"prompt_token_ids": [int(t) for t in prompt]}
+                self.internal[str(request_id)] = self.engine.add_request(str(request_id), prompt, params)
+                self.ids[str(request_id)] = request_id
+            except Exception as exc:  # vLLM validates prompts and parameters with several exception types
+                self.items.pop(request_id, None)
+                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+    def _step(self, conn: Connection) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:  # something in the batch broke the step: find it, keep the others
+            self._step_failed(conn, exc)
+            return
+        finished = []
+        for output in outputs:
+            if not output.finished:
+                continue
+            request_id = self.ids.pop(output.request_id, None)
+            if request_id is None:
+                continue
+            self.internal.pop(output.request_id, None)
+            self.items.pop(request_id, None)
+            completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
+            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None))
+        self._send(conn, finished)
+
+    def _step_failed(self, conn: Connection, error: Exception) -> None:
+        """Abort the failed step's requests and re-run them apart; fail the one that fails alone."""
+        cause = f"{type(error).__name__}: {error}"
+        requests = list(self.ids.values())
+        self._abort_all()
+        culprit = self.isolation.failed(requests)
+        if culprit is None:
+            return
+        self._probe(cause)
+        self.items.pop(culprit, None)
+        self._send(conn, [(culprit, [], 0, f"the engine step failed while running only this request: {cause}")])
+
+    def _abort_all(self) -> None:
+        """Take every request out of the engine (they stay in ``items``, to be re-run)."""
+        if self.internal:
+            self.engine.abort_request(list(self.internal.values()), internal=True)
+        self.ids.clear()
+        self.internal.clear()
+
+    def _probe(self, cause: str) -> None:
+        """Run a one-token request; ``EngineError`` if the engine cannot (it is broken, not the request)."""
+        from vllm import SamplingParams
+
+        try:
+            self.engine.add_request("samullm-probe", {"prompt_token_ids": PROBE_TOKEN_IDS},
+                                    SamplingParams(max_tokens=1, temperature=0.0))
+            while self.engine.has_unfinished_requests():
+                self.engine.step()
+        except Exception as exc:
+            raise EngineError(f"the engine fails even a one-token request after a step failed ({cause}): "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    def shutdown(self) -> None:
+        from samullm_lc.runtime.vllm_engine import shutdown_llm
+
+        shutdown_llm(self.llm)
