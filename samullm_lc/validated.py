@@ -1,7 +1,8 @@
 """Pydantic models whose invalid input raises ``ConfigError``, like every other bad input in samullm_lc.
 
 A validator that raises ``ConfigError`` (with a message naming the input and the fix) gets that error back
-unchanged; any other validation failure becomes a ``ConfigError`` naming the model.
+unchanged; any other validation failure becomes a ``ConfigError`` naming the model and the first fields at
+fault (location and pydantic's message, without its documentation links).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from samullm_lc.errors import ConfigError
+
+MAX_PROBLEMS_SHOWN = 3  # fields named in one error message; the count of the rest follows
 
 
 class ValidatedModel(BaseModel):
@@ -40,8 +43,13 @@ class ValidatedModel(BaseModel):
 
 
 def _config_error(model: type, exc: ValidationError) -> ConfigError:
-    for error in exc.errors():
+    """The validator's own ``ConfigError`` if one raised it, else one naming the first few fields at fault."""
+    errors = exc.errors()
+    for error in errors:
         original = (error.get("ctx") or {}).get("error")
         if isinstance(original, ConfigError):
             return original
-    return ConfigError(f"invalid {model.__name__}: {exc}")
+    shown = errors[:MAX_PROBLEMS_SHOWN]
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in shown)
+    more = f" (and {len(errors) - MAX_PROBLEMS_SHOWN} more)" if len(errors) > MAX_PROBLEMS_SHOWN else ""
+    return ConfigError(f"invalid {model.__name__}: {problems}{more}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from samullm_lc.cli.outcome import EXIT_CODES_HELP, WRITE_EXIT_CODES_HELP, ExitCode, fail, output_path, write_outputs
 from samullm_lc.cli.plan_command import plan
 from samullm_lc.cli.run_command import run
-from samullm_lc.errors import SamullmError
+from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.limits import DEMO_QUESTIONS, OUTPUT_LENGTH_SAMPLES, REQUESTS_PER_ESTIMATE, TOKENS_PER_REQUEST
 
 app = typer.Typer(
     help="samullm_lc: plan and run offline multi-LLM pipelines on vLLM (SamuLLM: sampling then simulation).",
@@ -22,26 +25,27 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_KV_CACHE_MIB = 256
-
-
-def _fail(error: SamullmError) -> None:
-    console.print(f"[red]error:[/red] {error}")
-    raise typer.Exit(code=2)
+DEMO_PLANNER = "search"
+LIMITS_DOC = "docs/cost-model.md#limits"
 
 
 @app.command()
 def estimate(
     model: Annotated[str, typer.Option(help="Catalogue name, HF id, or path to a config.json / model folder.")],
-    num_requests: Annotated[int, typer.Option(min=1, help="Requests in the set.")],
-    input_len: Annotated[int, typer.Option(min=1, help="Prompt tokens of each request.")],
-    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of each request.")],
+    num_requests: Annotated[int, typer.Option(min=1, help=(
+        f"Requests in the set (at most {REQUESTS_PER_ESTIMATE.maximum:,}: {LIMITS_DOC})."))],
+    input_len: Annotated[int, typer.Option(min=1, help=(
+        f"Prompt tokens of each request (at most {TOKENS_PER_REQUEST.maximum:,})."))],
+    max_tokens: Annotated[int, typer.Option(min=1, help=(
+        f"max_tokens of each request (at most {TOKENS_PER_REQUEST.maximum:,})."))],
     hardware: Annotated[str, typer.Option(help="A100-40GB, A100-80GB, H100-80GB, H200, L40S or cpu.")] = "A100-80GB",
     tp: Annotated[int, typer.Option(min=1, help="Tensor-parallel degree.")] = 1,
     profile: Annotated[Path | None, typer.Option(help="Engine profile from `samullm profile` (required for cpu).")] = None,
     topology: Annotated[str, typer.Option(help="nvswitch, nvlink-pairs or pcie.")] = "nvswitch",
     fixed_output: Annotated[bool, typer.Option(help="Every request generates exactly max_tokens (ignore EOS).")] = False,
-    samples: Annotated[int, typer.Option(min=1, help="Output-length samples to simulate.")] = 5,
-    seed: int = 0,
+    samples: Annotated[int, typer.Option(min=1, help=(
+        f"Output-length samples to simulate (at most {OUTPUT_LENGTH_SAMPLES.maximum})."))] = 5,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Estimate how long a model takes to finish a request set (sampling then simulation)."""
@@ -56,7 +60,7 @@ def estimate(
             fixed_output_tokens=max_tokens if fixed_output else None,
         )
     except SamullmError as error:
-        _fail(error)
+        fail(error)
     if as_json:
         typer.echo(result.model_dump_json())
         return
@@ -67,24 +71,26 @@ def estimate(
     )
 
 
-@app.command()
+@app.command(epilog=WRITE_EXIT_CODES_HELP)
 def profile(
     model: Annotated[str, typer.Argument(help="A tiny model name (see `samullm models`), a model folder or HF id.")],
-    out: Annotated[Path, typer.Option(help="Where to write the profile JSON.")],
+    out: Annotated[Path, typer.Option(help="Where to write the profile JSON (mode 0600).")],
     hardware: Annotated[str, typer.Option(help="The hardware this engine runs on (cpu here).")] = "cpu",
     tp: Annotated[int, typer.Option(min=1)] = 1,
-    kv_cache_mib: Annotated[int, typer.Option(min=1, help="KV-cache size of the engine, MiB.")] = DEFAULT_KV_CACHE_MIB,
-    max_model_len: Annotated[int, typer.Option(min=16)] = 2048,
+    kv_cache_mib: Annotated[int, typer.Option(min=1, help=(
+        "KV-cache size of the engine, MiB (at most the memory of its devices; for cpu, of this machine)."))
+    ] = DEFAULT_KV_CACHE_MIB,
+    max_model_len: Annotated[int, typer.Option(min=16, max=TOKENS_PER_REQUEST.maximum)] = 2048,
     scale: Annotated[float, typer.Option(min=0.05, max=4.0, help="Shrink or grow the profiling grid.")] = 1.0,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
 ) -> None:
     """Measure a real vLLM engine on a grid of batch shapes and save its fitted profile."""
-    from samullm_lc.costmodel.hardware import get_hardware
     from samullm_lc.profiling.profiler import profile_engine
     from samullm_lc.runtime.vllm_engine import engine_settings_for
 
     try:
-        get_hardware(hardware)
+        _check_kv_cache(kv_cache_mib, hardware, tp)
+        output_path(out, "engine profile")
         settings, architecture = engine_settings_for(
             model, tensor_parallel_size=tp, kv_cache_memory_bytes=kv_cache_mib * 2**20, max_model_len=max_model_len
         )
@@ -93,13 +99,30 @@ def profile(
             on_progress=lambda message: console.print(f"  {message}"),
         )
     except SamullmError as error:
-        _fail(error)
-    result.save(out)
+        fail(error)
     fit = result.fit
     console.print(
-        f"profile of {architecture.name} written to {out}: {fit.num_steps} steps, median step error "
+        f"profile of {architecture.name}: {fit.num_steps} steps, median step error "
         f"{fit.median_relative_error:.1%}, total error {fit.total_relative_error:+.1%}, load {result.load_seconds:.1f} s"
     )
+    if not write_outputs([("engine profile", out, result.save)]):
+        typer.echo(result.model_dump_json(indent=1))  # the measurement is not lost: it goes to stdout
+        raise typer.Exit(code=ExitCode.NOT_WRITTEN)
+    console.print(f"written to {out}")
+
+
+def _check_kv_cache(kv_cache_mib: int, hardware: str, tp: int) -> None:
+    """A KV cache must fit the memory of its engine's devices (this machine's, for the CPU engine): a larger
+    one would make vLLM allocate until the machine runs out of memory."""
+    from samullm_lc.costmodel.hardware import get_hardware
+
+    spec = get_hardware(hardware)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if spec.kind == "cpu" else spec.memory_bytes * tp
+    if kv_cache_mib * 2**20 >= memory:
+        where = "this machine" if spec.kind == "cpu" else f"{tp} x {spec.name}"
+        raise ConfigError(f"--kv-cache-mib {kv_cache_mib:,} is more than the {memory // 2**20:,} MiB of memory of "
+                          f"{where}; give a KV cache that leaves room for the weights (the default is "
+                          f"{DEFAULT_KV_CACHE_MIB} MiB)")
 
 
 @app.command()
@@ -131,25 +154,31 @@ def hardware() -> None:
     Console().print(table)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def demo(
-    n: Annotated[int, typer.Option(min=1, help="Questions in the tiny demo app.")] = 200,
+    n: Annotated[int, typer.Option(min=1, help=(
+        f"Questions in the tiny demo app (at most {DEMO_QUESTIONS.maximum:,})."))] = 200,
     backend: Annotated[str, typer.Option(help="vllm (real engines) or sim (the cost model, a dry run).")] = "vllm",
-    out: Annotated[Path, typer.Option(help="Folder for the run report and its Gantt chart.")] = Path("results/demo"),
+    out: Annotated[Path, typer.Option(help="Folder for the run report (mode 0600) and its Gantt chart.")] = Path(
+        "results/demo"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """The embedded default job: a three-model tiny app planned and run on this machine's vLLM CPU engines."""
-    from samullm_lc.cli.run_command import DEMO_CLUSTER, emit_report, run_app
+    from samullm_lc.cli.run_command import DEMO_CLUSTER, checked_run, finish_run, run_app, run_outputs
     from samullm_lc.tinymodels.apps import tiny_demo_app
 
-    app = tiny_demo_app(n)
-    console.print(f"{app.description}, on {DEMO_CLUSTER} (one vLLM CPU engine per core)")
     try:
-        result = run_app(app, DEMO_CLUSTER, backend=backend, planner="search", journal=None, seed=0)
+        app = tiny_demo_app(n)
+        cluster = checked_run(DEMO_CLUSTER, backend=backend, planner=DEMO_PLANNER)
+        outputs = run_outputs(report=out / "run.json", gantt=out / "run.png")
     except SamullmError as error:
-        _fail(error)
-    emit_report(result, report=out / "run.json", gantt=out / "run.png", as_json=as_json)
-    console.print(f"report: {out / 'run.json'}, Gantt chart of the run: {out / 'run.png'}")
+        fail(error)
+    console.print(f"{app.description}, on {DEMO_CLUSTER} (one vLLM CPU engine per core)")
+    result = run_app(app, cluster, backend=backend, planner=DEMO_PLANNER, journal=None, seed=0)
+    code = finish_run(result, outputs, as_json=as_json)
+    if code != ExitCode.NOT_WRITTEN:
+        console.print(f"report: {outputs['report']}, Gantt chart of the run: {outputs['gantt']}")
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -162,9 +191,10 @@ def validate(
     from samullm_lc.profiling.validation import run_demo
 
     try:
+        output_path(out / "demo-results.json", "validation results")
         rows = run_demo(out, scale=scale, on_progress=lambda message: console.print(message))
     except SamullmError as error:
-        _fail(error)
+        fail(error)
     if as_json:
         typer.echo(json.dumps([row.model_dump() for row in rows], indent=1))
         return
@@ -175,8 +205,8 @@ def validate(
     Console().print(table)
 
 
-app.command("plan")(plan)
-app.command("run")(run)
+app.command("plan", epilog=WRITE_EXIT_CODES_HELP)(plan)
+app.command("run", epilog=EXIT_CODES_HELP)(run)
 
 if __name__ == "__main__":
     app()

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
 from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 
 if TYPE_CHECKING:
     from samullm_lc.graph.app_graph import AppGraph
@@ -32,28 +33,14 @@ EXHAUSTIVE_MAX_MODELS = 5
 EXHAUSTIVE_MAX_GPUS = 4
 
 
-def _fail(message: str | SamullmError) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code=2)
-
-
 def _load_app(path: Path) -> AppGraph:
-    """Read an AppGraph JSON, turning a missing file or a malformed graph into a ``ConfigError``."""
-    from samullm_lc.graph.app_graph import AppGraph
+    """Read an AppGraph JSON; ``ConfigError`` naming the file if it is missing, a folder or not a valid graph."""
+    from samullm_lc.graph.app_graph import APP_FILE_FIX, AppGraph
 
-    if not path.is_file():
-        raise ConfigError(
-            f"app file {path} does not exist; give an AppGraph JSON such as examples/apps/ensemble.json "
-            "(scripts/build_paper_apps.py writes the paper's apps)"
-        )
-    try:
-        return AppGraph.load(path)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in exc.errors()[:3])
-    except ConfigError as exc:
-        lines = [line.strip() for line in str(exc).splitlines()]
-        problems = " ".join(line for line in lines if line and "errors.pydantic.dev" not in line)
-    raise ConfigError(f"app file {path} is not a valid AppGraph ({problems}); see docs/paper-apps.md for the format")
+    if path.is_dir() or not path.exists():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise ConfigError(f"app file {path} {problem}; {APP_FILE_FIX}")
+    return AppGraph.load(path)
 
 
 def _check_planner(name: str, planners: dict[str, object]) -> None:
@@ -106,11 +93,12 @@ def plan(
     planner: Annotated[
         str, typer.Option(help="greedy, search, exhaustive, sequential, all-at-once or muxserve-like.")
     ] = DEFAULT_PLANNER,
-    samples: Annotated[int, typer.Option(min=1, help="Output-length samples to plan on (reports the spread).")] = 1,
-    seed: int = 0,
+    samples: Annotated[int, typer.Option(min=1, help=(
+        f"Output-length samples to plan on (reports the spread; at most {PLAN_SAMPLES.maximum})."))] = 1,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
     curve_batches: Annotated[int | None, typer.Option(min=1, help=(
         "Batches each candidate simulation keeps (default: the planner's): more give more accurate curves "
-        "under KV pressure and slower planning."))] = None,
+        f"under KV pressure and slower planning (at most {CURVE_BATCHES.maximum})."))] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON: the plan, or with --compare the estimates.")
     ] = False,
@@ -123,7 +111,8 @@ def plan(
             f"{EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner."
         )),
     ] = False,
-    gantt: Annotated[Path | None, typer.Option(help="Draw the --planner plan as a GPUs x time chart (PNG).")] = None,
+    gantt: Annotated[Path | None, typer.Option(
+        help="Draw the --planner plan as a GPUs x time chart (PNG; SVG, PDF by suffix; mode 0600).")] = None,
 ) -> None:
     """Plan which models run together, with which parallelism, and estimate the end-to-end time."""
     try:
@@ -136,6 +125,8 @@ def plan(
         _check_topology(topology)
         app = _load_app(app_path)
         target = Cluster.parse(cluster, topology)  # type: ignore[arg-type]
+        if gantt is not None:
+            output_path(gantt, "Gantt chart", chart=True)
         if compare:
             plans, skipped = _compare(app, target, planner, seed, samples, batches)
             bound = lower_bound_seconds(app, target, seed=seed, curve_batches=batches)
@@ -143,17 +134,9 @@ def plan(
             plans = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples, curve_batches=batches)}
             skipped = {}
     except SamullmError as error:
-        _fail(error)
+        fail(error)
 
     chosen = plans[planner]
-    if gantt is not None:
-        from samullm_lc.planner.gantt import draw_gantt
-
-        try:
-            written = draw_gantt(chosen, gantt)
-        except (OSError, ValueError) as error:
-            _fail(f"cannot write the gantt chart to {gantt}: {error}; give a writable .png path")
-        console.print(f"gantt chart of the {planner} plan written to {written}")
     if compare:
         _print_comparison(plans, skipped, bound, planner, as_json)
     elif as_json:
@@ -161,6 +144,12 @@ def plan(
     else:
         typer.echo(chosen.describe())
         typer.echo(f"planned in {chosen.planning_seconds:.2f} s")
+    if gantt is not None:
+        from samullm_lc.planner.gantt import draw_gantt
+
+        if not write_outputs([("Gantt chart", gantt, lambda path: draw_gantt(chosen, path))]):
+            raise typer.Exit(code=ExitCode.NOT_WRITTEN)
+        console.print(f"gantt chart of the {planner} plan written to {gantt}")
 
 
 def _print_comparison(

@@ -12,9 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.errors import ConfigError, UnknownModelError
+from samullm_lc.user_files import read_user_text
+from samullm_lc.validated import ValidatedModel
 
 # Aliases used by the config.json of different model families, per field, first match wins.
 _CONFIG_ALIASES: dict[str, tuple[str, ...]] = {
@@ -33,7 +35,7 @@ _UNGATED_FAMILIES = ("GPTNeoX", "MPT", "Phi", "GPT2", "GPTJ", "Falcon", "Bloom",
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float8": 1, "int8": 1}
 
 
-class ModelArchitecture(BaseModel):
+class ModelArchitecture(ValidatedModel):
     """Shape of a decoder-only transformer, enough to predict its FLOPs, bytes moved and memory."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -110,14 +112,16 @@ class ModelArchitecture(BaseModel):
     # ---- constructors ------------------------------------------------------------------------------
     @classmethod
     def from_hf_config(cls, config: dict[str, Any], name: str) -> ModelArchitecture:
-        """Read the fields that matter from a Hugging Face config.json dictionary."""
-        families = config.get("architectures") or [config.get("model_type", "unknown")]
-        family = str(families[0])
+        """Read the fields that matter from a Hugging Face config.json dictionary; ``ConfigError`` naming the
+        field if one is missing or not a number of the right kind."""
+        if not isinstance(config, dict):
+            raise ConfigError(f"model {name!r}: config.json holds a JSON {type(config).__name__}, not an object; "
+                              "pass the model's Hugging Face config.json")
 
-        def pick(field: str, default: Any = None) -> Any:
+        def pick(field: str, default: int | None = None) -> int:
             for key in _CONFIG_ALIASES[field]:
                 if config.get(key) is not None:
-                    return config[key]
+                    return _whole(config[key], key, name)
             if default is None:
                 raise ConfigError(
                     f"model {name!r}: config.json has none of {_CONFIG_ALIASES[field]}; it is not a decoder-only "
@@ -125,42 +129,79 @@ class ModelArchitecture(BaseModel):
                 )
             return default
 
-        hidden = int(pick("hidden_size"))
-        heads = int(pick("num_attention_heads"))
-        kv_heads = int(pick("num_kv_heads", heads))
+        family = _family(config)
+        hidden = pick("hidden_size")
+        heads = pick("num_attention_heads")
+        kv_heads = pick("num_kv_heads", heads)
         if config.get("multi_query") is True:  # Falcon-style single KV head.
             kv_heads = 1
-        intermediate = pick("intermediate_size", 0) or int(config.get("expansion_ratio", 4) * hidden)
+        intermediate = pick("intermediate_size", 0) or int(_number(config.get("expansion_ratio", 4),
+                                                                    "expansion_ratio", name) * hidden)
+        head_dim = _whole(config["head_dim"], "head_dim", name) if config.get("head_dim") else hidden // heads
+        if head_dim == 0:
+            raise ConfigError(f"model {name!r}: hidden_size {hidden} is smaller than num_attention_heads {heads}, "
+                              "so a head would have no width; fix the config.json or give head_dim")
         dtype = str(config.get("torch_dtype") or config.get("dtype") or "float16")
         return cls(
             name=name,
             family=family,
-            num_layers=int(pick("num_layers")),
+            num_layers=pick("num_layers"),
             hidden_size=hidden,
             num_attention_heads=heads,
             num_kv_heads=kv_heads,
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate_size=int(intermediate),
-            vocab_size=int(pick("vocab_size")),
-            max_model_len=int(pick("max_model_len", 2048)),
+            head_dim=head_dim,
+            intermediate_size=intermediate,
+            vocab_size=pick("vocab_size"),
+            max_model_len=pick("max_model_len", 2048),
             gated_mlp=not family.startswith(_UNGATED_FAMILIES),
-            num_experts=int(pick("num_experts", 1)),
-            experts_per_token=int(pick("experts_per_token", 1)),
+            num_experts=pick("num_experts", 1),
+            experts_per_token=pick("experts_per_token", 1),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
         )
 
     @classmethod
     def from_config_file(cls, path: str | Path, name: str | None = None) -> ModelArchitecture:
-        """Read a config.json file, or the config.json inside a model folder."""
+        """Read a config.json file, or the config.json inside a model folder; ``ConfigError`` naming the file
+        if it is missing, not UTF-8, not JSON or not a model config."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
+        fix = "pass the model's Hugging Face config.json (or its folder)"
+        text = read_user_text(path, what="model config", fix=fix)
         try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read model config {path}: {exc}") from exc
-        return cls.from_hf_config(config, name=name or str(path.parent))
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model config {path} is not JSON ({exc}); {fix}") from None
+        try:
+            return cls.from_hf_config(config, name=name or str(path.parent))
+        except ConfigError as exc:
+            raise ConfigError(f"model config {path}: {exc}") from None
+
+
+def _family(config: dict[str, Any]) -> str:
+    """The config's architecture class (``LlamaForCausalLM``), else its ``model_type``, else ``unknown``."""
+    families = config.get("architectures")
+    if isinstance(families, list) and families and isinstance(families[0], str):
+        return families[0]
+    return str(config.get("model_type") or "unknown")
+
+
+def _number(value: Any, key: str, name: str) -> float:
+    """A config.json value that must be a finite number above 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ConfigError(f"model {name!r}: config.json field {key!r} is {value!r:.40}, not a number above 0; "
+                          "fix the config.json")
+    return value
+
+
+def _whole(value: Any, key: str, name: str) -> int:
+    """A config.json value that must be a whole number above 0 (``4096`` or ``4096.0``)."""
+    number = _number(value, key, name)
+    if number != int(number):
+        raise ConfigError(f"model {name!r}: config.json field {key!r} is {value!r}, not a whole number; "
+                          "fix the config.json")
+    return int(number)
 
 
 @cache

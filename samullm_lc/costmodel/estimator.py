@@ -21,6 +21,7 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.errors import ConfigError, ProfileError
+from samullm_lc.limits import OUTPUT_LENGTH_SAMPLES, REQUESTS_PER_ESTIMATE, SIMULATED_STEPS, TOKENS_PER_REQUEST
 
 
 class Estimate(BaseModel):
@@ -113,15 +114,20 @@ class CostModel:
         """Simulate the request set ``num_samples`` times with fresh output-length samples.
 
         ``input_tokens`` is one length or one per request; ``fixed_output_tokens`` skips sampling (requests
-        that ignore EOS, or known lengths).
+        that ignore EOS, or known lengths). Sizes are bounded (``samullm_lc/limits.py``): at most
+        ``REQUESTS_PER_ESTIMATE`` requests, ``OUTPUT_LENGTH_SAMPLES`` samples and ``SIMULATED_STEPS`` engine
+        steps per simulation, so an estimate stays under about 2 GB; beyond them, ``ConfigError``.
         """
-        inputs = np.asarray(input_tokens, dtype=np.int64)
+        inputs = _token_counts(input_tokens, "input_tokens")
+        max_tokens = _token_counts(max_tokens, "max_tokens")
+        OUTPUT_LENGTH_SAMPLES.check(num_samples)
         if inputs.ndim == 0:
             if num_requests is None:
                 raise ConfigError("give num_requests when input_tokens is a single length")
-            inputs = np.full(num_requests, int(inputs))
+            inputs = np.full(REQUESTS_PER_ESTIMATE.check(num_requests), int(inputs))
         if inputs.size == 0:
             raise ConfigError("the request set is empty: give at least one request")
+        REQUESTS_PER_ESTIMATE.check(inputs.size)
         rng = np.random.default_rng(seed)
         samples, means = [], []
         for _ in range(1 if fixed_output_tokens is not None else num_samples):
@@ -129,7 +135,8 @@ class CostModel:
                 outputs = np.broadcast_to(np.asarray(fixed_output_tokens, dtype=np.int64), inputs.shape)
             else:
                 outputs = self.sample_output_tokens(inputs, max_tokens, rng)
-            result = simulate(self.scheduler, self.latency, inputs, outputs, arrival_seconds)
+            result = simulate(self.scheduler, self.latency, inputs, outputs, arrival_seconds,
+                              step_limit=SIMULATED_STEPS)
             samples.append(result.total_seconds)
             means.append(float(result.output_tokens.mean()))
         return Estimate(
@@ -146,3 +153,15 @@ class CostModel:
             latency_source=self.latency_source,
             scheduler=self.scheduler,
         )
+
+
+def _token_counts(values: ArrayLike, name: str) -> np.ndarray:
+    """``values`` as int64 token counts, each 1 to ``TOKENS_PER_REQUEST``; ``ConfigError`` naming ``name`` if not."""
+    try:
+        counts = np.asarray(values, dtype=np.int64)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be whole token counts of 1 to {TOKENS_PER_REQUEST.maximum:,}: {exc}") from None
+    if counts.size:
+        TOKENS_PER_REQUEST.check(int(counts.min()))
+        TOKENS_PER_REQUEST.check(int(counts.max()))
+    return counts

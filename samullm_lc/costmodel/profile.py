@@ -16,6 +16,7 @@ from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ProfileError
+from samullm_lc.user_files import read_user_text, write_private
 
 
 class EngineProfile(BaseModel):
@@ -42,16 +43,15 @@ class EngineProfile(BaseModel):
     )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=1))
-        return path
+        """Write the profile as JSON (mode 0600, like every file samullm_lc writes for a user)."""
+        return write_private(path, self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> EngineProfile:
+        """Read a profile written by ``save``; ``ProfileError`` naming the file if it cannot be read or is not one."""
+        text = read_user_text(path, what="engine profile", fix="create it with `samullm profile`",
+                              error=ProfileError)
         try:
-            return cls.model_validate_json(Path(path).read_text())
-        except OSError as exc:
-            raise ProfileError(f"cannot read profile {path}: {exc}. Create it with `samullm profile`.") from exc
+            return cls.model_validate_json(text)
         except ValueError as exc:
             raise ProfileError(f"profile {path} is not a samullm_lc engine profile: {exc}") from exc

@@ -16,7 +16,13 @@ from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.errors import ConfigError
+from samullm_lc.limits import TOKENS_PER_REQUEST
+from samullm_lc.user_files import read_user_text
 from samullm_lc.validated import ValidatedModel
+
+
+APP_FILE_FIX = ("give an AppGraph JSON such as examples/apps/ensemble.json (scripts/build_paper_apps.py writes the "
+                "paper's apps; docs/paper-apps.md describes the format)")
 
 
 class LLMNode(ValidatedModel):
@@ -40,6 +46,11 @@ class LLMNode(ValidatedModel):
             raise ConfigError(f"node {self.name!r} has no requests: give at least one input length")
         if min(self.input_tokens) < 1:
             raise ConfigError(f"node {self.name!r}: every prompt needs at least 1 token")
+        try:
+            TOKENS_PER_REQUEST.check(max(self.input_tokens))
+            TOKENS_PER_REQUEST.check(self.max_tokens)
+        except ConfigError as exc:
+            raise ConfigError(f"node {self.name!r}: {exc}") from None
         return self
 
     @property
@@ -121,8 +132,9 @@ class AppGraph(ValidatedModel):
 
     @classmethod
     def load(cls, path: str | Path) -> AppGraph:
-        """Read a graph written by ``save``; ConfigError if the file is missing or invalid."""
+        """Read a graph written by ``save``; ConfigError naming the file if it is missing, not UTF-8 or invalid."""
+        text = read_user_text(path, what="app graph", fix=APP_FILE_FIX)
         try:
-            return cls.model_validate_json(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read app graph {path}: {exc}") from exc
+            return cls.model_validate_json(text)
+        except ConfigError as exc:
+            raise ConfigError(f"app graph {path} is not a valid AppGraph ({exc}); {APP_FILE_FIX}") from None

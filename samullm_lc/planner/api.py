@@ -13,6 +13,7 @@ import numpy as np
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ConfigError, DoesNotFitError
 from samullm_lc.graph.app_graph import AppGraph
+from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.bounds import standalone_lower_bound
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_context, build_engines
@@ -112,9 +113,7 @@ def lower_bound_seconds(
 
 
 def _settings(allow_sharing: bool, allow_replicas: bool, curve_batches: int) -> PlanningSettings:
-    if curve_batches < 1:
-        raise ConfigError(f"curve_batches must be at least 1 (batches each candidate simulation keeps), "
-                          f"got {curve_batches}")
+    CURVE_BATCHES.check(curve_batches)
     return PlanningSettings(allow_sharing=allow_sharing, allow_replicas=allow_replicas, curve_batches=curve_batches)
 
 
@@ -123,8 +122,7 @@ def _plan(app: AppGraph, cluster: Cluster, planner: str, engines: dict[str, Mode
           settings: PlanningSettings, *, seed: int, num_samples: int, started: float,
           finished: dict[str, np.ndarray] | None = None, known_outputs: dict[str, dict[int, int]] | None = None,
           running: dict[str, Assignment] | None = None) -> Plan:
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
+    PLAN_SAMPLES.check(num_samples)
     chosen = get_planner(planner)
     contexts = [
         build_context(app, cluster, engines, settings, seed=seed, sample_index=k, finished=finished,

@@ -11,23 +11,30 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from samullm_lc.costmodel.hardware import Hardware, get_hardware
 from samullm_lc.errors import ConfigError
+from samullm_lc.limits import CLUSTER_DEVICES
+from samullm_lc.validated import ValidatedModel
 
 Topology = Literal["nvswitch", "nvlink-pairs", "pcie"]
 _SPEC = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\S+)\s*$")
 
 
-class Cluster(BaseModel):
-    """N devices of one type, with a topology."""
+class Cluster(ValidatedModel):
+    """N devices of one type, with a topology; invalid values raise ``ConfigError`` (``validated.py``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hardware: str
-    num_gpus: int = Field(gt=0)
+    num_gpus: int = Field(description=f"Devices, 1 to {CLUSTER_DEVICES.maximum:,} (``limits.CLUSTER_DEVICES``).")
     topology: Topology = "nvswitch"
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _check_num_gpus(cls, num_gpus: int) -> int:
+        return CLUSTER_DEVICES.check(num_gpus)
 
     @model_validator(mode="after")
     def _check(self) -> Cluster:
@@ -36,13 +43,16 @@ class Cluster(BaseModel):
 
     @classmethod
     def parse(cls, spec: str, topology: Topology | None = None) -> Cluster:
-        """Read ``8xA100-80GB`` (count x hardware name)."""
+        """Read ``8xA100-80GB`` (count x hardware name); ``ConfigError`` naming the spec if it is not one."""
         match = _SPEC.match(spec)
         if not match:
             raise ConfigError(f"cluster {spec!r} is not COUNTxHARDWARE, e.g. 8xA100-80GB or 4xcpu")
         hw = get_hardware(match.group(2))
         default: Topology = "nvswitch" if hw.has_nvlink else "pcie"
-        return cls(hardware=hw.name, num_gpus=int(match.group(1)), topology=topology or default)
+        try:
+            return cls(hardware=hw.name, num_gpus=int(match.group(1)), topology=topology or default)
+        except ConfigError as exc:
+            raise ConfigError(f"cluster {spec!r}: {exc}") from None
 
     @property
     def spec(self) -> Hardware:

@@ -10,6 +10,7 @@ matplotlib's Agg canvas directly, so no global backend is touched and no display
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.transforms import TransformedBbox
 
+from samullm_lc.errors import ConfigError
 from samullm_lc.planner.plan import ExecutionPlan, Plan
+from samullm_lc.user_files import write_private
 
+DEFAULT_CHART_FORMAT = "png"  # of a chart file named without a suffix
 ROW_HEIGHT = 0.8  # of one GPU row; engines sharing a GPU split it
 LABEL_MIN_FRACTION = 0.06  # bars narrower than this share of the makespan carry no text
 STAGE_LABEL_MIN_FRACTION = 0.025  # stages narrower than this share of the makespan carry no number
@@ -93,8 +97,10 @@ def _bars(plan: Plan) -> list[_Bar]:
 
 
 def draw_gantt(plan: Plan, path: str | Path) -> Path:
-    """Draw ``plan`` as a GPUs x time Gantt chart into the image file ``path`` (PNG, SVG or PDF); return it."""
+    """Draw ``plan`` as a GPUs x time Gantt chart into the image file ``path`` (PNG, SVG, PDF: ``chart_formats``),
+    mode 0600 like every file samullm_lc writes for a user; return the path."""
     path = Path(path)
+    image_format = chart_format(path)
     num_gpus = _num_gpus(plan)
     models = list(dict.fromkeys(entry.plan.model for stage in plan.stages for entry in stage.entries))
     colours = _colours(models)
@@ -147,6 +153,21 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     figure.tight_layout()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    image = io.BytesIO()
+    figure.savefig(image, format=image_format)
+    return write_private(path, image.getvalue())
+
+
+def chart_formats() -> list[str]:
+    """The image formats (file suffixes without the dot) a chart can be written in: matplotlib's."""
+    return sorted(FigureCanvasAgg(Figure()).get_supported_filetypes())
+
+
+def chart_format(path: str | Path) -> str:
+    """The image format of a chart file from its suffix (``png`` without one); ``ConfigError`` naming the
+    formats if matplotlib cannot write it."""
+    suffix = Path(path).suffix.lstrip(".").lower() or DEFAULT_CHART_FORMAT
+    if suffix not in chart_formats():
+        raise ConfigError(f"cannot draw a chart as {path}: matplotlib writes no .{suffix} files; use one of "
+                          f"{', '.join('.' + name for name in chart_formats())} (.png is usual)")
+    return suffix

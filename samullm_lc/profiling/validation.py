@@ -26,6 +26,7 @@ from samullm_lc.runtime.vllm_engine import (
     shutdown_llm,
     start_llm,
 )
+from samullm_lc.user_files import write_private
 
 DEMO_MODELS = ("tiny-llama-s", "tiny-llama-m", "tiny-qwen2-m", "tiny-llama-l")
 
@@ -187,7 +188,5 @@ def run_demo(out: Path, *, scale: float = 0.5, models: tuple[str, ...] = DEMO_MO
                                   on_progress=on_progress)
         workloads = validation_workloads(profile, scale=scale * 0.5)
         rows += validate_profile(profile, [workloads[0], workloads[4]], repeats=1, on_progress=on_progress)
-    (out / "demo-results.json").write_text(
-        "[\n" + ",\n".join(row.model_dump_json() for row in rows) + "\n]\n"
-    )
+    write_private(out / "demo-results.json", "[\n" + ",\n".join(row.model_dump_json() for row in rows) + "\n]\n")
     return rows

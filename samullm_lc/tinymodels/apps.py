@@ -11,6 +11,7 @@ import numpy as np
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
+from samullm_lc.limits import DEMO_QUESTIONS
 
 ANSWERERS = {"tiny-llama-s": 128, "tiny-llama-m": 128}  # model -> max_tokens
 JUDGE = "tiny-qwen2-m"
@@ -20,7 +21,9 @@ MAX_PROMPT_TOKENS = 400
 
 
 def tiny_demo_app(n: int = 200, seed: int = 0) -> AppGraph:
-    """``n`` questions, each answered by both answerers, then judged by a third model reading both answers."""
+    """``n`` questions (at most ``DEMO_QUESTIONS``), each answered by both answerers, then judged by a third
+    model reading both answers."""
+    DEMO_QUESTIONS.check(n)
     rng = np.random.default_rng(seed)
     prompts = np.clip(OutputLengthDistribution.sharegpt_input_lengths().sample(n, rng), 8, MAX_PROMPT_TOKENS)
     nodes = [LLMNode(name=f"answer/{model}", model=model, input_tokens=prompts.tolist(), max_tokens=max_tokens)

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from samullm_lc.cache import cache_dir
 from samullm_lc.errors import UnknownModelError
 from samullm_lc.tinymodels import specs as _specs_module
 from samullm_lc.tinymodels import tokenizer as _tokenizer_module
@@ -30,17 +31,14 @@ from samullm_lc.tinymodels.tokenizer import (
     train_tokenizer,
 )
 
-CACHE_ENV_VAR = "SAMULLM_CACHE_DIR"
 SPEC_FILE = "samullm_tiny_model.json"
 # Bump when the layout of the written files changes without a change to the specs or tokenizer code.
 _FORMAT_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    """Return ``$SAMULLM_CACHE_DIR/tiny-models``, else ``~/.cache/samullm_lc/tiny-models``."""
-    root = os.environ.get(CACHE_ENV_VAR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "samullm_lc"
-    return base / "tiny-models"
+    """Return ``$SAMULLM_CACHE_DIR/tiny-models``, else ``~/.cache/samullm_lc/tiny-models`` (``samullm_lc/cache.py``)."""
+    return cache_dir("tiny-models")
 
 
 def get_spec(name: str) -> TinyModelSpec:

@@ -1,6 +1,7 @@
 """`samullm plan`: the plan as JSON, every planner side by side, the Gantt chart, errors that name the fix."""
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,57 @@ def test_curve_batches_reach_the_planner_and_are_checked(small_app):
     assert json.loads(result.stdout)["estimated_seconds"] == pytest.approx(expected.estimated_seconds)
     refused = runner.invoke(app, plan_args(small_app, "--curve-batches", "0"))
     assert refused.exit_code != 0 and "curve-batches" in refused.output
+
+
+def test_a_gantt_chart_is_private_to_its_owner(small_app, tmp_path):
+    chart = tmp_path / "plan.png"
+    result = runner.invoke(app, plan_args(small_app, "--planner", "sequential", "--gantt", str(chart)))
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(chart.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("name", "expected"), [("plan.xyz", "matplotlib writes no .xyz files"),
+                                                ("folder", "is a folder")])
+def test_a_gantt_path_that_cannot_be_written_exits_2_before_planning(small_app, tmp_path, monkeypatch, name,
+                                                                     expected):
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr("samullm_lc.planner.plan_app", lambda *a, **k: pytest.fail("planned before checking"))
+    result = runner.invoke(app, plan_args(small_app, "--gantt", str(tmp_path / name)))
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+
+
+def test_a_gantt_chart_that_fails_to_write_after_planning_exits_3_with_the_plan_printed(small_app, tmp_path,
+                                                                                         monkeypatch):
+    def disk_full(plan, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("samullm_lc.planner.gantt.draw_gantt", disk_full)
+    result = runner.invoke(app, plan_args(small_app, "--planner", "sequential", "--json", "--gantt",
+                                          str(tmp_path / "plan.png")))
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)["estimated_seconds"] > 0
+    assert "plan.png" in result.output and "No space left on device" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--cluster", "0xA100-80GB"], "devices in a cluster must be at least 1, got 0"),
+    (["--cluster", "99999999999999999999xA100-80GB"], "over the limit of 1,024"),
+    (["--samples", "21"], "over the limit of 20"),
+    (["--curve-batches", "1000000"], "over the limit of 100"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_hostile_values_exit_2_with_the_limit_and_no_traceback(small_app, extra, expected):
+    result = runner.invoke(app, ["plan", str(small_app), *(extra if extra[0] == "--cluster" else
+                                                            ["--cluster", "8xA100-80GB", *extra])])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_non_utf8_app_file_exits_2_naming_it(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
+    result = runner.invoke(app, plan_args(bad))
+    assert result.exit_code == 2, result.output
+    assert "latin1.json is not UTF-8 text" in " ".join(result.output.split())

@@ -47,3 +47,25 @@ def test_node_needs_requests():
 def test_loading_a_missing_file_names_it(tmp_path):
     with pytest.raises(ConfigError, match="cannot read app graph"):
         AppGraph.load(tmp_path / "missing.json")
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    path = tmp_path / "app.json"
+    path.write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(ConfigError, match="app.json is not UTF-8 text .*examples/apps"):
+        AppGraph.load(path)
+
+
+def test_an_invalid_file_names_the_file_and_the_fields_without_a_pydantic_dump(tmp_path):
+    path = tmp_path / "app.json"
+    path.write_text('{"name": "g", "nodes": [{"name": "a"}]}')
+    with pytest.raises(ConfigError, match="app.json is not a valid AppGraph .*input_tokens: Field required") as caught:
+        AppGraph.load(path)
+    assert "errors.pydantic.dev" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("input_tokens", [10, 10**20]), ("max_tokens", 10**8)])
+def test_token_counts_past_any_context_window_are_refused(field, value):
+    node = {"name": "a", "model": "phi-2", "input_tokens": [10], "max_tokens": 5, field: value}
+    with pytest.raises(ConfigError, match="node 'a': tokens of one request .* over the limit of 10,000,000"):
+        LLMNode(**node)

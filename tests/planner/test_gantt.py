@@ -1,7 +1,11 @@
 """The Gantt chart of a hand-made plan: a PNG that exists and holds a real picture."""
 
+import stat
 from pathlib import Path
 
+import pytest
+
+from samullm_lc.errors import ConfigError
 from samullm_lc.planner.gantt import _bars, draw_gantt
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 
@@ -53,3 +57,16 @@ def test_an_engine_running_on_unchanged_is_one_bar():
     assert ("Llama-2-70b-chat-hf", 0, 180) in bars
     assert ("WizardLM-13B-V1.2", 100, 300) in bars
     assert len(bars) == 5
+
+
+def test_the_chart_is_private_and_its_format_follows_the_suffix(tmp_path):
+    svg = draw_gantt(hand_made_plan(), tmp_path / "plan.svg")
+    assert svg.read_bytes().lstrip().startswith(b"<?xml") and stat.S_IMODE(svg.stat().st_mode) == 0o600
+    bare = draw_gantt(hand_made_plan(), tmp_path / "plan")
+    assert bare.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_suffix_matplotlib_cannot_write_is_refused_before_drawing(tmp_path):
+    with pytest.raises(ConfigError, match=r"no \.docx files; use one of .*\.png"):
+        draw_gantt(hand_made_plan(), tmp_path / "plan.docx")
+    assert not list(tmp_path.iterdir())

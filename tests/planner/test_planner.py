@@ -102,7 +102,7 @@ def test_curve_batches_reach_the_candidate_simulations_and_are_checked(two_indep
     assert seconds[2] != pytest.approx(seconds[24], rel=1e-6)
     assert lower_bound_seconds(app, TWO_GPUS, curve_batches=24) <= plan_app(
         app, TWO_GPUS, curve_batches=24).estimated_seconds + 1e-6
-    with pytest.raises(ConfigError, match="curve_batches must be at least 1"):
+    with pytest.raises(ConfigError, match=r"curve batches\) must be at least 1"):
         plan_app(two_independent, TWO_GPUS, curve_batches=0)
 
 

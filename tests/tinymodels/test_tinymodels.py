@@ -212,6 +212,7 @@ def test_spec_rejects_head_size_the_cpu_backend_lacks() -> None:
         )
 
 
+@pytest.mark.engine
 def test_vllm_cpu_engine_generates_and_stops_at_eos(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real vLLM engine loads a tiny model with dummy weights, generates, chats and stops at our EOS."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
