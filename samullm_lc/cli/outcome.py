@@ -29,12 +29,13 @@ class ExitCode(IntEnum):
     RUN_FAILED = 1  # the run finished, but requests failed or the run had errors (summary printed, files written)
     BAD_INPUT = 2  # an input or option is wrong (the message names it and the fix); nothing ran
     NOT_WRITTEN = 3  # it finished and printed its results, but a report, profile or chart could not be written
+    INTERRUPTED = 130  # stopped by Ctrl-C: what had finished is printed and written (the shell's code for SIGINT)
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every request answered; 1 the run finished but requests failed or the run had errors; "
     "2 bad input, nothing ran; 3 the run finished but a report or chart could not be written (the results "
-    "are printed; 3 wins over 1)."
+    "are printed; 3 wins over 1); 130 interrupted by Ctrl-C (what finished is printed and written)."
 )
 WRITE_EXIT_CODES_HELP = (
     "Exit codes: 0 done; 2 bad input, nothing ran; 3 the results were printed but a file could not be written."

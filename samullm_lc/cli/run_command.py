@@ -101,6 +101,12 @@ def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, jour
     try:
         with pool:
             AppRun(pool, app, seed=seed).start().wait()
+    except KeyboardInterrupt:  # the pool failed what was outstanding; report what finished
+        result = pool.report()
+        result.interrupted = True
+        result.errors.append("the run was interrupted (Ctrl-C); requests not finished by then failed"
+                             + (", the journal keeps the finished ones" if journal is not None else ""))
+        return result
     except PoolError as error:
         result = pool.report()
         if str(error) not in result.errors:
@@ -124,6 +130,8 @@ def finish_run(result: RunReport, outputs: dict[str, Path], *, as_json: bool) ->
     if not result.ok:
         console.print(f"[red]error:[/red] the run finished with {result.requests_failed} failed request(s) "
                       f"and {len(result.errors)} error(s) of the run as a whole", highlight=False)
+    if result.interrupted:
+        return ExitCode.INTERRUPTED
     if not written:
         return ExitCode.NOT_WRITTEN
     return ExitCode.OK if result.ok else ExitCode.RUN_FAILED

@@ -168,6 +168,7 @@ class Driver:
         self._intake_lock = threading.Lock()
         self._intake_closed: str | None = None  # why the driver takes no more requests (None: it takes them)
         self.closing = threading.Event()
+        self.cancelling = threading.Event()  # close without waiting: fail what is outstanding
         self.idle = threading.Condition()
         self._rng = np.random.default_rng(settings.seed)
         self._queues: dict[str, deque[int]] = {m: deque() for m in models}
@@ -210,6 +211,8 @@ class Driver:
         try:
             while True:
                 self._take_inbox()
+                if self.cancelling.is_set() and self._futures:
+                    self._fail_all("the run was interrupted before this request finished")
                 if self.closing.is_set() and self.is_idle():
                     break
                 if self._needs_replan:
@@ -266,7 +269,9 @@ class Driver:
             self._intake_closed = reason
             left, self.inbox = list(self.inbox), deque()
         for request, future in left:
-            self._model_records[request.model].requests_failed += 1
+            record = self._model_records[request.model]
+            record.requests_submitted += 1
+            record.requests_failed += 1
             if not future.done():
                 future.set_exception(RequestError(f"request {request.id} to {request.model}: {reason}"))
 
@@ -315,7 +320,9 @@ class Driver:
         if request.id in self._futures:
             self._fail(request, self._futures[request.id], message)
             return
-        self._model_records[request.model].requests_failed += 1
+        record = self._model_records[request.model]
+        record.requests_submitted += 1
+        record.requests_failed += 1
         if not future.done():
             future.set_exception(RequestError(message))
 
@@ -511,6 +518,10 @@ class Driver:
                                f"request {rid} to {model} was on {request.attempts} engines that failed; "
                                f"last failure: {event.failure}")
             requeue = [rid for rid in requeue if rid in self._requests]
+        if model in self._given_up:  # a replica of a given-up model stopped: its requests cannot run anywhere
+            for rid in requeue:
+                self._fail(self._requests[rid], self._futures[rid], self._given_up[model])
+            return
         self._queues[model].extendleft(reversed(requeue))
         if event.failure is None:
             return
@@ -525,6 +536,7 @@ class Driver:
         message = (f"model {model}: its engine failed {self._engine_failures[model]} time(s) "
                    f"(last: {failure}); its requests are abandoned")
         self._given_up[model] = message
+        self._remaining[model] = 0  # nothing more is expected of it (the planner leaves its nodes out)
         self._add_error(message)
         queue = self._queues[model]
         while queue:
@@ -570,10 +582,18 @@ class Driver:
     # ---- the plan ------------------------------------------------------------------------------------
     def current_app(self) -> AppGraph | None:
         """What the planner plans: the app graph plus, per model, a node of the unfinished requests beyond it;
-        None if there is neither."""
+        None if there is neither. Nodes of given-up models, and the nodes that read them, are left out: their
+        requests fail or never come."""
         nodes = list(self.base_app.nodes) if self.base_app is not None else []
+        if self._given_up and self.base_app is not None:
+            dropped: set[str] = set()
+            for name in self.base_app.topological_order:  # upstream first, so a drop reaches every reader
+                node = self.base_app.node(name)
+                if node.model in self._given_up or dropped.intersection(node.depends_on):
+                    dropped.add(name)
+            nodes = [n for n in nodes if n.name not in dropped]
         for name, extra in self._extras.items():
-            if extra.pending:
+            if extra.pending and extra.model not in self._given_up:
                 nodes.append(LLMNode(name=name, model=extra.model, input_tokens=list(extra.pending.values()),
                                      max_tokens=extra.max_tokens))
         if not nodes:
@@ -581,8 +601,10 @@ class Driver:
         return AppGraph(name=self.base_app.name if self.base_app else "pool", nodes=nodes)
 
     def _run_state(self, app: AppGraph) -> RunState:
-        finished = {name: sorted(p.finished) for name, p in self._nodes.items() if p.finished}
-        outputs = {name: dict(p.output_tokens) for name, p in self._nodes.items() if p.output_tokens}
+        planned = {node.name for node in app.nodes}
+        finished = {name: sorted(p.finished) for name, p in self._nodes.items() if p.finished and name in planned}
+        outputs = {name: dict(p.output_tokens) for name, p in self._nodes.items()
+                   if p.output_tokens and name in planned}
         engines: dict[str, ExecutionPlan | None] = {}
         for model in app.models():
             running = self._engines_of(model)  # loading ones count as up: restarting them elsewhere loses more

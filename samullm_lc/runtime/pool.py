@@ -152,10 +152,13 @@ class EnginePool:
     def _alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def close(self) -> None:
-        """Finish what was submitted, stop the engines, close the journal; ``PoolError`` if the driver failed
-        (every request it had was failed with the cause first)."""
+    def close(self, *, cancel: bool = False) -> None:
+        """Finish what was submitted (with ``cancel``, fail what is outstanding instead), stop the engines, close
+        the journal; ``PoolError`` if the driver failed (every request it had was failed with the cause first).
+        Leaving a ``with`` block by Ctrl-C (or another ``BaseException`` that is not an ``Exception``) cancels."""
         if self._thread is not None:
+            if cancel:
+                self._driver.cancelling.set()
             self._driver.closing.set()
             self.backend.wake()
             self._thread.join()
@@ -170,8 +173,8 @@ class EnginePool:
     def __enter__(self) -> EnginePool:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(cancel=exc_type is not None and not issubclass(exc_type, Exception))
 
     # ---- client API ----------------------------------------------------------------------------------
     def submit(
@@ -225,7 +228,7 @@ class EnginePool:
 
     def report(self) -> RunReport:
         """Plan vs actual so far (complete once ``join`` or ``close`` returned)."""
-        report = self._driver.snapshot()
+        report = self._driver.snapshot().model_copy(deep=True)  # the caller may change it; the driver's is its own
         report.requests_rejected = self._rejected
         return report
 

@@ -81,6 +81,7 @@ class RunReport(BaseModel):
     errors: list[str] = Field(default_factory=list, description=(
         "Problems of the run as a whole (planning failed, the journal stopped writing), oldest first."))
     journal_recomputed: int = Field(0, description="Requests whose journalled result could not be read: recomputed.")
+    interrupted: bool = Field(False, description="The run was stopped (Ctrl-C) before every request finished.")
     requests_rejected: int = Field(0, description=(
         "Requests refused at submission: bad input, an unknown model, a pool that was closed or had failed."))
 
@@ -131,7 +132,8 @@ class RunReport(BaseModel):
                 ran = f" [ran {r.actual_stage_seconds:.1f} s, planned {r.planned_stage_seconds:.1f} s]"
             lines.append(f"  {r.at_seconds:8.1f} s  {r.reason} -> {'; '.join(r.stage) or 'nothing to run'}{ran}")
         if self.requests_rejected:
-            lines.append(f"  {self.requests_rejected} requests refused at submission (bad input)")
+            lines.append(f"  {self.requests_rejected} requests refused at submission (bad input, or the pool "
+                         "was closed or had failed)")
         lines.extend(f"  error: {error}" for error in self.errors)
         return "\n".join(lines)
 

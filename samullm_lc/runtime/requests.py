@@ -213,7 +213,7 @@ def _message_text(index: int, content: Any) -> str:
             texts.append(part)
             continue
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in TEXT_PART_KEYS:
+        if not isinstance(kind, str) or kind not in TEXT_PART_KEYS:
             raise ConfigError(
                 f"message {index}, content part {j}: type {kind!r:.40} is not a text part; the pool's models read "
                 f"text only, so give parts of type {sorted(TEXT_PART_KEYS)} (or plain strings)")

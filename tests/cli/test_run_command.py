@@ -114,8 +114,8 @@ def test_help_documents_the_exit_codes():
 def test_a_driver_failure_mid_run_is_in_the_report_and_exits_1(tmp_path, monkeypatch):
     close = EnginePool.close
 
-    def close_then_fail(self):
-        close(self)
+    def close_then_fail(self, **kwargs):
+        close(self, **kwargs)
         raise PoolError("the engine pool's driver failed: RuntimeError: boom")
 
     monkeypatch.setattr(EnginePool, "close", close_then_fail)

@@ -211,6 +211,60 @@ def test_a_model_whose_engines_keep_dying_fails_every_request_queued_or_in_fligh
     assert any("abandoned" in e for e in report.errors)
 
 
+class _CrashingModelBackend(SimBackend):
+    """A simulated backend on which one model's engines die as they are given requests."""
+
+    crashing_model = MODEL
+
+    def submit(self, engine_id, requests):
+        super().submit(engine_id, requests)
+        if self._engines[engine_id].spec.model == self.crashing_model:
+            self._engines.pop(engine_id)
+            self._queued.append(EngineStopped(engine_id, tuple(r.id for r in requests), failure="injected crash"))
+
+
+def test_once_a_model_is_given_up_the_plan_leaves_it_out_and_the_other_models_run():
+    # One GPU, the sequential planner: the crashing model's stage comes first. Giving it up must not leave the
+    # plan waiting for it (it used to plan it again and again, with an engine that never started).
+    from samullm_lc.planner import Cluster
+
+    other = "Mistral-7B-Instruct-v0.2"
+    app = AppGraph(name="two", nodes=[LLMNode(name="a", model=MODEL, input_tokens=[100] * 20, max_tokens=50),
+                                      LLMNode(name="b", model=other, input_tokens=[100] * 20, max_tokens=50)])
+    pool = EnginePool(app, CLUSTER, backend=_CrashingModelBackend(Cluster.parse(CLUSTER)), planner="sequential",
+                      progress=False).start()
+    crashing = [pool.submit(MODEL, "q", node="a") for _ in range(20)]
+    served = [pool.submit(other, "q", node="b") for _ in range(20)]
+    _all_resolved(crashing + served)
+    pool.close()
+    assert all(isinstance(f.exception(), RequestError) for f in crashing)
+    assert all(f.exception() is None for f in served)
+    report = pool.report()
+    assert any("abandoned" in e for e in report.errors) and report.replans[-1].reason == f"{other} finished"
+
+
+class _StalledBackend(SimBackend):
+    """A simulated backend whose engines never finish loading: requests stay queued (a long real run)."""
+
+    def wait(self, timeout: float):
+        self._woken.wait(min(timeout, 0.05))
+        self._woken.clear()
+        return []
+
+
+def test_leaving_the_pool_by_ctrl_c_fails_what_is_outstanding_at_once():
+    from samullm_lc.planner import Cluster
+
+    pool = EnginePool(None, CLUSTER, models=[MODEL], backend=_StalledBackend(Cluster.parse(CLUSTER)),
+                      progress=False)
+    with pytest.raises(KeyboardInterrupt), pool:
+        futures = [pool.submit(MODEL, f"question {i}") for i in range(20)]
+        raise KeyboardInterrupt
+    _all_resolved(futures, timeout=5)
+    assert all("interrupted" in str(f.exception()) for f in futures)
+    assert pool.report().requests_failed == 20
+
+
 def test_an_unreadable_journalled_result_is_recomputed_and_reported(tmp_path):
     path = tmp_path / "run.sqlite"
     sampling = {"max_tokens": 16}

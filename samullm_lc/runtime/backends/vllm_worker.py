@@ -109,16 +109,17 @@ def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning:
 
 
 class _Isolation:
-    """After a failed step: groups of requests to re-run apart, each until it finishes or fails again.
+    """After a failed step: groups of suspect requests to re-run apart, each until it finishes or fails again.
 
     A group that fails is split in two and both halves go to the front; a group of one that fails is the
-    culprit. Requests arriving meanwhile queue as a group of their own at the back, so they never share a
-    step with a suspect.
+    culprit. Requests arriving meanwhile are held, and join the engine together once no suspect is left,
+    so they never share a step with a suspect and the engine's batch is full again right after.
     """
 
     def __init__(self) -> None:
         self.groups: deque[list[int]] = deque()
-        self.running = False  # a group is in the engine now
+        self.running = False  # a suspect group is in the engine now
+        self.held: list[WorkItem] = []  # requests that arrived while suspects were being re-run
 
     @property
     def active(self) -> bool:
@@ -126,6 +127,8 @@ class _Isolation:
 
     def failed(self, requests: list[int]) -> int | None:
         """The requests of a failed step: the culprit if there is one request, else None (halves queued)."""
+        if not requests:
+            raise EngineError("an engine step failed with no request in the engine: the engine is broken")
         self.running = False
         if len(requests) == 1:
             return requests[0]
@@ -152,11 +155,8 @@ class WorkerEngine:
         """Step while there is work and no message; take messages in between; return when stopped."""
         while True:
             busy = self.engine.has_unfinished_requests()
-            if not busy and self.isolation.groups:
-                self._send(conn, self._add([self.items[r] for r in self.isolation.groups.popleft()]))
-                self.isolation.running = busy = self.engine.has_unfinished_requests()
-            elif not busy:
-                self.isolation.running = False
+            if not busy:
+                busy = self._next_after_idle(conn)
             if busy and not conn.poll():
                 self._step(conn)
                 continue
@@ -170,9 +170,21 @@ class WorkerEngine:
             for item in payload:
                 self.items[item[0]] = item
             if self.isolation.active:
-                self.isolation.groups.append([item[0] for item in payload])
+                self.isolation.held.extend(payload)
             else:
                 self._send(conn, self._add(payload))
+
+    def _next_after_idle(self, conn: Connection) -> bool:
+        """The engine is idle: start the next suspect group, else the held requests. Whether it is busy now."""
+        isolation = self.isolation
+        isolation.running = False
+        if isolation.groups:
+            self._send(conn, self._add([self.items[r] for r in isolation.groups.popleft()]))
+            isolation.running = self.engine.has_unfinished_requests()
+        elif isolation.held:
+            held, isolation.held = isolation.held, []
+            self._send(conn, self._add(held))
+        return self.engine.has_unfinished_requests()
 
     @staticmethod
     def _send(conn: Connection, outcomes: list[Outcome]) -> None:
