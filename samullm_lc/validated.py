@@ -49,7 +49,13 @@ def _config_error(model: type, exc: ValidationError) -> ConfigError:
         original = (error.get("ctx") or {}).get("error")
         if isinstance(original, ConfigError):
             return original
-    shown = errors[:MAX_PROBLEMS_SHOWN]
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in shown)
+    return ConfigError(f"invalid {model.__name__}: {validation_problems(exc)}")
+
+
+def validation_problems(exc: ValidationError, *, whole: str = "document") -> str:
+    """Pydantic's problems on one line: each field's location and message (``whole`` names a problem of the
+    whole input), the first ``MAX_PROBLEMS_SHOWN`` of them, without pydantic's documentation links."""
+    errors = exc.errors()
+    shown = "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in errors[:MAX_PROBLEMS_SHOWN])
     more = f" (and {len(errors) - MAX_PROBLEMS_SHOWN} more)" if len(errors) > MAX_PROBLEMS_SHOWN else ""
-    return ConfigError(f"invalid {model.__name__}: {problems}{more}")
+    return shown + more

@@ -43,11 +43,6 @@ def _load_app(path: Path) -> AppGraph:
     return AppGraph.load(path)
 
 
-def _check_planner(name: str, planners: dict[str, object]) -> None:
-    if name not in planners:
-        raise ConfigError(f"unknown planner {name!r}; choose one of {', '.join(planners)}")
-
-
 def _check_topology(topology: str | None) -> None:
     from samullm_lc.planner.cluster import Topology
 
@@ -116,12 +111,12 @@ def plan(
 ) -> None:
     """Plan which models run together, with which parallelism, and estimate the end-to-end time."""
     try:
-        from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
+        from samullm_lc.planner import check_planner, lower_bound_seconds, plan_app
         from samullm_lc.planner.cluster import Cluster
         from samullm_lc.planner.curves import BATCHES_SIMULATED
 
         batches = curve_batches or BATCHES_SIMULATED
-        _check_planner(planner, PLANNERS)
+        check_planner(planner)
         _check_topology(topology)
         app = _load_app(app_path)
         target = Cluster.parse(cluster, topology)  # type: ignore[arg-type]

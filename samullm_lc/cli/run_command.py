@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
-from samullm_lc.errors import ConfigError, PoolError, SamullmError
+from samullm_lc.errors import PoolError, SamullmError
 
 if TYPE_CHECKING:
     from samullm_lc.graph.app_graph import AppGraph
@@ -56,14 +56,12 @@ def run(
 
 def checked_run(cluster: str, *, backend: str, planner: str) -> Cluster:
     """The cluster of a run, once its backend and planner are known names; ``ConfigError`` listing the choices."""
-    from samullm_lc.planner import PLANNERS
+    from samullm_lc.planner import check_planner
     from samullm_lc.planner.cluster import Cluster
-    from samullm_lc.runtime.pool import BACKENDS
+    from samullm_lc.runtime.pool import check_backend
 
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if planner not in PLANNERS:
-        raise ConfigError(f"unknown planner {planner!r}; choose one of {', '.join(PLANNERS)}")
+    check_backend(backend)
+    check_planner(planner)
     return Cluster.parse(cluster)
 
 

@@ -8,11 +8,12 @@ chosen stages faithfully with the continuous-batching simulator; ``evaluate_plan
 from samullm_lc.planner.api import evaluate_plan, lower_bound_seconds, plan_app, replan
 from samullm_lc.planner.cluster import Cluster, Topology
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
-from samullm_lc.planner.planners import PLANNERS
+from samullm_lc.planner.planners import PLANNERS, check_planner
 from samullm_lc.planner.state import RunState
 
 __all__ = [
     "PLANNERS",
+    "check_planner",
     "Cluster",
     "ExecutionPlan",
     "Plan",

@@ -195,9 +195,13 @@ PLANNERS: dict[str, type[Planner]] = {
 }
 
 
+def check_planner(name: str) -> str:
+    """``name`` if a planner is registered under it, else ``ConfigError`` listing the choices."""
+    if name not in PLANNERS:
+        raise ConfigError(f"unknown planner {name!r}; choose one of {', '.join(PLANNERS)}")
+    return name
+
+
 def get_planner(name: str) -> Planner:
     """A planner by registry name."""
-    try:
-        return PLANNERS[name]()
-    except KeyError:
-        raise ConfigError(f"unknown planner {name!r}: choose one of {', '.join(PLANNERS)}") from None
+    return PLANNERS[check_planner(name)]()

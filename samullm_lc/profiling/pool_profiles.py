@@ -14,7 +14,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
-from samullm_lc.cache import cache_dir
+from samullm_lc import cache
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ProfileError
 from samullm_lc.planner.cluster import Cluster
@@ -36,7 +36,7 @@ PROFILE_FORMAT = 2
 
 def default_cache_dir() -> Path:
     """``$SAMULLM_CACHE_DIR/profiles``, else ``~/.cache/samullm_lc/profiles`` (``samullm_lc/cache.py``)."""
-    return cache_dir("profiles")
+    return cache.cache_dir("profiles")
 
 
 def pool_profiles(models: list[str], *, cache_dir: str | Path | None = None, scale: float = DEFAULT_SCALE,

@@ -35,7 +35,7 @@ from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ConfigError, JournalError, PoolError, SamullmError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
-from samullm_lc.planner import plan_app, replan
+from samullm_lc.planner import check_planner, plan_app, replan
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 from samullm_lc.planner.state import RunState
@@ -133,10 +133,7 @@ class DriverSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from samullm_lc.planner import PLANNERS
-
-        if self.planner not in PLANNERS:
-            raise ConfigError(f"unknown planner {self.planner!r}; choose one of {', '.join(PLANNERS)}")
+        check_planner(self.planner)
         for name in ("max_in_flight", "max_attempts", "max_engine_failures"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

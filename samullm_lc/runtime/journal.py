@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from samullm_lc.errors import JournalError
 from samullm_lc.runtime.requests import GenerationResult
+from samullm_lc.validated import validation_problems
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -158,9 +159,7 @@ class Journal:
 
 def _cause(exc: Exception) -> str:
     """One line for a SQLite error or for each problem pydantic found in a stored result."""
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'result'}: {e['msg']}" for e in exc.errors())
-    return str(exc)
+    return validation_problems(exc, whole="result") if isinstance(exc, ValidationError) else str(exc)
 
 
 def _primary_code(exc: BaseException) -> int:

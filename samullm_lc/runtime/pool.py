@@ -107,26 +107,26 @@ class EnginePool:
                       seed: int) -> Backend:
         if not isinstance(backend, str):
             return backend
+        check_backend(backend)
         if backend == "sim":
             from samullm_lc.runtime.backends.sim_backend import SimBackend
 
             return SimBackend(self.cluster, profiles=self.profiles, seed=seed)
-        if backend == "vllm":
-            from samullm_lc.runtime.backends.vllm_backend import VllmBackend
-            from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
+        # the vllm backend
+        from samullm_lc.runtime.backends.vllm_backend import VllmBackend
+        from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
 
-            exit_if_reimported_main()
-            kind = self.cluster.spec.kind
-            if kind == "cpu" and self.cluster.num_gpus > len(os.sched_getaffinity(0)):
-                raise ConfigError(
-                    f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
-                    f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
-                )
-            settings_for = engine_settings or default_engine_settings(self.cluster)
-            for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
-                settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
-            return VllmBackend(settings_for, device_kind=kind)
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        exit_if_reimported_main()
+        kind = self.cluster.spec.kind
+        if kind == "cpu" and self.cluster.num_gpus > len(os.sched_getaffinity(0)):
+            raise ConfigError(
+                f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
+                f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
+            )
+        settings_for = engine_settings or default_engine_settings(self.cluster)
+        for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
+            settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+        return VllmBackend(settings_for, device_kind=kind)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> EnginePool:
@@ -231,6 +231,13 @@ class EnginePool:
         report = self._driver.snapshot().model_copy(deep=True)  # the caller may change it; the driver's is its own
         report.requests_rejected = self._rejected
         return report
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is one of ``BACKENDS``, else ``ConfigError`` listing them."""
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
 
 
 def default_engine_settings(cluster: Cluster) -> Callable[[EngineSpec], EngineSettings]:

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.validated import validation_problems
 
 ChatMessage = dict[str, Any]
 
@@ -85,9 +86,9 @@ class SamplingSpec(BaseModel):
         try:
             return cls.model_validate(value)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'sampling'}: {e['msg']}" for e in exc.errors())
             raise ConfigError(
-                f"invalid sampling parameters ({problems}); allowed fields: {', '.join(cls.model_fields)}"
+                f"invalid sampling parameters ({validation_problems(exc, whole='sampling')}); allowed fields: "
+                f"{', '.join(cls.model_fields)}"
             ) from None
 
     def vllm_kwargs(self) -> dict[str, Any]:
