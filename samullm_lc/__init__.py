@@ -27,8 +27,24 @@ from samullm_lc.errors import (
 
 __version__ = "0.1.0"
 
+_DROP_IN = {"offline", "wrap", "ChatSamullm", "SamullmLLM"}
+
+
+def __getattr__(name: str) -> object:
+    """The LangChain drop-in, imported on first use (``samullm.offline``, ``samullm.wrap``, ...)."""
+    if name in _DROP_IN:
+        import samullm_lc.langchain as drop_in
+
+        return getattr(drop_in, name)
+    raise AttributeError(f"module 'samullm_lc' has no attribute {name!r}")
+
+
 __all__ = [
     "HARDWARE",
+    "ChatSamullm",
+    "SamullmLLM",
+    "offline",
+    "wrap",
     "AnalyticLatencyModel",
     "ConfigError",
     "ContinuousBatchingSimulator",

@@ -292,6 +292,9 @@ class Driver:
         journal's key and lookup) happens before any bookkeeping changes."""
         if request.model in self._given_up:
             raise PoolError(self._given_up[request.model])
+        if request.model not in self._queues:  # a model the pool took on after it started (``add_model``)
+            self._queues[request.model] = deque()
+            self._model_records[request.model] = _ModelCounters(model=request.model)
         known = self._journalled(request)
         record = self._model_records[request.model]
         request.submitted_at = self.backend.now()

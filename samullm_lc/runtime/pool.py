@@ -39,6 +39,7 @@ from samullm_lc.runtime.report import RunReport
 from samullm_lc.runtime.requests import (
     ChatMessage,
     GenerationResult,
+    OpenAICall,
     Request,
     RequestError,
     SamplingSpec,
@@ -78,6 +79,7 @@ class EnginePool:
                                   seed=seed)
         self.profiles = dict(profiles or {})
         self._check_profiles()
+        self._settings_for = engine_settings
         self.backend = self._make_backend(backend, engine_settings, seed)
         self.journal = Journal(journal) if journal is not None else None
         self._progress = ProgressDisplay(self.models, enabled=progress)
@@ -123,10 +125,26 @@ class EnginePool:
                 f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
                 f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
             )
-        settings_for = engine_settings or default_engine_settings(self.cluster)
+        self._settings_for = engine_settings or default_engine_settings(self.cluster)
         for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
-            settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
-        return VllmBackend(settings_for, device_kind=kind)
+            self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+        return VllmBackend(self._settings_for, device_kind=kind)
+
+    def add_model(self, model: str, profile: EngineProfile | None = None) -> None:
+        """Serve one more model from now on (checked as the constructor checks its models); the driver plans
+        it with the requests that arrive for it. Any thread; a model already served is left as it is."""
+        if model in self.models:
+            return
+        if profile is not None:
+            self.profiles[model] = profile
+        if self.cluster.spec.kind == "cpu" and model not in self.profiles:
+            raise ConfigError(f"model {model!r} has no engine profile (see samullm_lc.profiling.pool_profile)")
+        if self.cluster.spec.kind != "cpu" and model not in self.profiles:
+            resolve_architecture(model)
+        if self._settings_for is not None:
+            self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+        self._progress.add_model(model)
+        self.models.append(model)  # last: submit() takes the model only once everything above holds
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> EnginePool:
@@ -183,10 +201,15 @@ class EnginePool:
         prompt: str | list[int] | np.ndarray | None = None,
         *,
         messages: list[ChatMessage] | None = None,
+        openai: OpenAICall | dict[str, Any] | None = None,
         sampling: SamplingSpec | dict[str, Any] | None = None,
         node: str | None = None,
     ) -> Future[GenerationResult]:
         """Queue one request; the future resolves to its result or fails with a ``RequestError``.
+
+        ``openai`` is an OpenAI-API call as a client sent it to a vLLM server (route and body); it carries its
+        own sampling settings (``sampling`` must be left out) and its result's ``response`` is the server's
+        answer.
 
         Raises ``PoolError`` only if the pool was never started (or is closed): use it as a context manager.
         """
@@ -197,8 +220,13 @@ class EnginePool:
         try:
             if not isinstance(model, str) or model not in self.models:
                 raise ConfigError(f"unknown model {model!r}: this pool serves {self.models}")
-            kind, body = normalise_prompt(prompt, messages)
-            spec = SamplingSpec.parse(sampling)
+            kind, body = normalise_prompt(prompt, messages, openai)
+            if kind == "openai":
+                if sampling is not None:
+                    raise ConfigError("an OpenAI call carries its sampling settings in its body; leave `sampling` out")
+                spec = OpenAICall.model_construct(**body).sampling_hint()
+            else:
+                spec = SamplingSpec.parse(sampling)
             if node is not None and (not isinstance(node, str) or not self._driver.has_node(node)):
                 raise ConfigError(f"unknown app node {node!r}")
         except ConfigError as exc:
@@ -230,6 +258,9 @@ class EnginePool:
         """Plan vs actual so far (complete once ``join`` or ``close`` returned)."""
         report = self._driver.snapshot().model_copy(deep=True)  # the caller may change it; the driver's is its own
         report.requests_rejected = self._rejected
+        batch_sizes = getattr(self.backend, "batch_sizes", None)  # real engines only
+        if batch_sizes:
+            report.step_batch_sizes = {model: dict(sorted(counts.items())) for model, counts in batch_sizes.items()}
         return report
 
 

@@ -28,6 +28,11 @@ class ProgressDisplay:
         self._overall = self._progress.add_task("all", total=None, info="")
         self._started = time.monotonic()
 
+    def add_model(self, model: str) -> None:
+        """A bar for a model the pool took on after it started."""
+        if model not in self._tasks:
+            self._tasks[model] = self._progress.add_task(model, total=None, info="")
+
     def start(self) -> None:
         if self.enabled:
             self._progress.start()

@@ -82,6 +82,12 @@ class RunReport(BaseModel):
         "Problems of the run as a whole (planning failed, the journal stopped writing), oldest first."))
     journal_recomputed: int = Field(0, description="Requests whose journalled result could not be read: recomputed.")
     interrupted: bool = Field(False, description="The run was stopped (Ctrl-C) before every request finished.")
+    call_sites: dict[str, int] = Field(default_factory=dict, description=(
+        "Under the LangChain drop-in: calls per call site (client model name and the LangChain step that made "
+        "them)."))
+    step_batch_sizes: dict[str, dict[int, int]] = Field(default_factory=dict, description=(
+        "Real engines: per model, the number of requests in an engine step's batch -> how many steps had it "
+        "(complete once the pool is closed: engines report it when they stop)."))
     requests_rejected: int = Field(0, description=(
         "Requests refused at submission: bad input, an unknown model, a pool that was closed or had failed."))
 

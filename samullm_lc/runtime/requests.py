@@ -5,6 +5,8 @@ max_tokens, stop, seed, n, ignore_eos) and refuses, at submission, every value t
 (vLLM's own checks, and its OpenAI server's int64 seed range: a larger seed passes ``SamplingParams`` and
 then overflows inside an engine step). A prompt is text, chat messages (the model's chat template
 applies; content may be a list of text parts, joined as vLLM's server joins them), or token ids.
+An OpenAI call (``OpenAICall``: the route and the body a client sent to a vLLM server, unchanged) is served
+by vLLM's own serving code inside the engine worker, and its result carries the server's response body.
 ``GenerationResult`` is one request's answer; a request that fails resolves its future with a
 ``RequestError`` instead, and no other request notices.
 """
@@ -96,6 +98,54 @@ class SamplingSpec(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+OPENAI_ROUTES = ("chat.completions", "completions")
+"""The OpenAI routes the pool serves (vLLM's ``/v1/chat/completions`` and ``/v1/completions``)."""
+OPENAI_MAX_TOKENS_HINT = 2048
+"""The planner's output cap for an OpenAI call that sets no max tokens (the engine generates up to the
+context limit, as vLLM's server does; the planner only needs a bound for its length samples)."""
+
+
+class OpenAICall(BaseModel):
+    """One OpenAI-API call exactly as a client sent it to a vLLM server: the route and the JSON body.
+
+    The engine worker validates and maps it with vLLM's own server code (``openai_server``); here only its
+    shape is checked, and the hints the planner needs are read (``sampling_hint``, ``length_hint``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    route: Literal["chat.completions", "completions"]
+    body: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _json_body(self) -> OpenAICall:
+        try:
+            json.dumps(self.body, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the body must be a JSON object ({exc})") from None
+        needed = "messages" if self.route == "chat.completions" else "prompt"
+        if needed not in self.body:
+            raise ValueError(f"a {self.route} body needs '{needed}'")
+        return self
+
+    def sampling_hint(self) -> SamplingSpec:
+        """Max tokens and completions as the planner should assume them (the engine applies the body itself)."""
+        body = self.body
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        n = body.get("n")
+        return SamplingSpec.model_construct(
+            max_tokens=limit if isinstance(limit, int) and limit > 0 else OPENAI_MAX_TOKENS_HINT,
+            n=n if isinstance(n, int) and 0 < n <= MAX_COMPLETIONS else 1,
+        )
+
+    def length_hint(self) -> int:
+        """Prompt tokens, estimated at 4 characters a token."""
+        if self.route == "completions":
+            prompt = self.body.get("prompt")
+            return max(1, len(prompt) // 4 if isinstance(prompt, str) else len(json.dumps(prompt)) // 4)
+        return max(1, len(json.dumps(self.body.get("messages"), ensure_ascii=False)) // 4)
+
+
 class Completion(BaseModel):
     """One of a request's ``n`` completions."""
 
@@ -111,6 +161,8 @@ class GenerationResult(BaseModel):
     completions: list[Completion]
     prompt_tokens: int
     from_journal: bool = Field(False, description="Read back from the journal of an earlier run, not recomputed.")
+    response: str | None = Field(None, description="For an OpenAI call: the body vLLM's server would answer with "
+                                 "(JSON, or the event stream of a streaming call).")
 
     @property
     def text(self) -> str:
@@ -123,7 +175,7 @@ class GenerationResult(BaseModel):
         return sum(c.num_tokens for c in self.completions)
 
 
-PromptKind = Literal["text", "chat", "tokens"]
+PromptKind = Literal["text", "chat", "tokens", "openai"]
 
 
 @dataclass(slots=True)
@@ -133,7 +185,7 @@ class Request:
     id: int
     model: str
     kind: PromptKind
-    prompt: str | list[ChatMessage] | np.ndarray
+    prompt: str | list[ChatMessage] | np.ndarray | dict[str, Any]  # an OpenAI call: {"route": ..., "body": ...}
     sampling: SamplingSpec
     key: str = ""
     node: str = ""  # the app-graph node it belongs to (asked for by the client, else assigned by the driver)
@@ -145,17 +197,25 @@ class Request:
         """Prompt tokens if known without a tokenizer (token ids), else an estimate (4 characters a token)."""
         if self.kind == "tokens":
             return len(self.prompt)  # type: ignore[arg-type]
+        if self.kind == "openai":
+            return OpenAICall.model_construct(**self.prompt).length_hint()  # type: ignore[arg-type]
         if self.kind == "chat":
             return max(1, sum(len(m.get("content", "")) for m in self.prompt) // 4)  # type: ignore[union-attr]
         return max(1, len(self.prompt) // 4)  # type: ignore[arg-type]
 
 
 def normalise_prompt(
-    prompt: str | list[int] | np.ndarray | None, messages: list[ChatMessage] | None
-) -> tuple[PromptKind, str | list[ChatMessage] | np.ndarray]:
-    """Check a request's prompt (exactly one of text, token ids or chat messages) and tag its kind."""
-    if (prompt is None) == (messages is None):
-        raise ConfigError("give a request either `prompt` (text or token ids) or `messages` (chat), not both or neither")
+    prompt: str | list[int] | np.ndarray | None, messages: list[ChatMessage] | None,
+    openai: OpenAICall | dict[str, Any] | None = None,
+) -> tuple[PromptKind, str | list[ChatMessage] | np.ndarray | dict[str, Any]]:
+    """Check a request's prompt (exactly one of text, token ids, chat messages or an OpenAI call) and tag its
+    kind."""
+    if sum(x is not None for x in (prompt, messages, openai)) != 1:
+        raise ConfigError("give a request exactly one of `prompt` (text or token ids), `messages` (chat) or "
+                          "`openai` (an OpenAI-API call)")
+    if openai is not None:
+        call = _openai_call(openai)
+        return "openai", {"route": call.route, "body": call.body}
     if messages is not None:
         return "chat", normalise_messages(messages)
     if isinstance(prompt, str):
@@ -174,6 +234,18 @@ def normalise_prompt(
         raise ConfigError(f"token ids must lie in [0, {MAX_TOKEN_ID}] (the model's vocabulary), "
                           f"got {int(ids.min())}..{int(ids.max())}")
     return "tokens", ids.astype(np.int32)
+
+
+def _openai_call(value: OpenAICall | dict[str, Any]) -> OpenAICall:
+    if isinstance(value, OpenAICall):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"`openai` must be an OpenAICall or a dict with 'route' and 'body', got "
+                          f"{type(value).__name__}")
+    try:
+        return OpenAICall.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid OpenAI call ({validation_problems(exc, whole='openai')})") from None
 
 
 def normalise_messages(messages: Any) -> list[ChatMessage]:

@@ -95,7 +95,23 @@ def engine_settings_for(model: str, **settings: object) -> tuple[EngineSettings,
         return EngineSettings(model=str(folder), **TINY_MODELS[model].vllm_kwargs(), **settings), architecture
     folder = local_model_folder(model)
     architecture = resolve_architecture(folder if Path(folder).exists() else model)
-    return EngineSettings(model=folder, **settings), architecture.model_copy(update={"name": Path(model).name})
+    return (EngineSettings(model=folder, **tiny_folder_kwargs(folder), **settings),
+            architecture.model_copy(update={"name": Path(model).name}))
+
+
+def tiny_folder_kwargs(folder: str) -> dict[str, Any]:
+    """A folder written by ``tinymodels`` (e.g. ``ensure_seeded_tiny_model``) runs as its spec says: its dtype
+    always (vLLM's ``auto`` would downcast float32), dummy weights unless the folder holds weights."""
+    from samullm_lc.tinymodels.build import SPEC_FILE
+    from samullm_lc.tinymodels.specs import TinyModelSpec
+
+    spec_file = Path(folder) / SPEC_FILE
+    if not spec_file.is_file():
+        return {}
+    kwargs = TinyModelSpec.model_validate_json(spec_file.read_text()).vllm_kwargs()
+    if any(Path(folder).glob("*.safetensors")):
+        kwargs["load_format"] = "auto"
+    return kwargs
 
 
 def local_model_folder(model: str) -> str:

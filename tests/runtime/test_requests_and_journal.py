@@ -19,8 +19,8 @@ def test_sampling_spec_names_the_bad_field_and_the_allowed_ones():
 
 @pytest.mark.parametrize(("prompt", "messages", "problem"), [
     ("   ", None, "empty"),
-    (None, None, "either"),
-    ("hi", [{"role": "user", "content": "hi"}], "either"),
+    (None, None, "exactly one of"),
+    ("hi", [{"role": "user", "content": "hi"}], "exactly one of"),
     (None, [{"content": "no role"}], "role"),
     ([], None, "non-empty"),
 ])

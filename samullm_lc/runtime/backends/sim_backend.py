@@ -191,6 +191,9 @@ class SimBackend:
 
 def _refusal(request: Request, prompt_tokens: int, max_model_len: int, vocab_size: int) -> str | None:
     """Why vLLM would refuse this request (its input processor's checks and words), or None."""
+    if request.kind == "openai":
+        return ("the sim backend does not answer OpenAI calls (the LangChain drop-in's): vLLM's server code "
+                "builds their responses, and the sim backend runs no vLLM; use backend='vllm'")
     if request.kind == "tokens":
         ids = request.prompt
         if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:  # type: ignore[union-attr]

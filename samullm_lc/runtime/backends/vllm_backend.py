@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -79,6 +80,8 @@ class VllmBackend:
         self._wake_reader, self._wake_writer = self._context.Pipe(duplex=False)
         self._started = time.monotonic()
         self._cores = sorted(os.sched_getaffinity(0))
+        self.batch_sizes: defaultdict[str, Counter[int]] = defaultdict(Counter)
+        """Per model: requests in each engine step's batch -> steps (engines report it when they stop)."""
 
     def now(self) -> float:
         return time.monotonic() - self._started
@@ -135,7 +138,7 @@ class VllmBackend:
 
     def submit(self, engine_id: int, requests: list[Request]) -> None:
         worker = self._workers[engine_id]
-        items = [(r.id, r.kind, r.prompt, r.sampling.vllm_kwargs()) for r in requests]
+        items = [(r.id, r.kind, r.prompt, {} if r.kind == "openai" else r.sampling.vllm_kwargs()) for r in requests]
         worker.in_flight.update(r.id for r in requests)
         try:
             worker.conn.send(("add", items))
@@ -178,14 +181,16 @@ class VllmBackend:
                     seconds, fresh = payload
                     events.append(EngineReady(engine_id, float(seconds), fresh_process=bool(fresh)))
                 elif kind == "done":
-                    for request_id, completions, prompt_tokens, error in payload:
+                    for request_id, completions, prompt_tokens, error, response in payload:
                         worker.in_flight.discard(request_id)
                         result = None if error else GenerationResult(
-                            model=worker.spec.model, prompt_tokens=prompt_tokens,
+                            model=worker.spec.model, prompt_tokens=prompt_tokens, response=response,
                             completions=[Completion(text=t, num_tokens=n, finish_reason=f) for t, n, f in completions],
                         )
                         events.append(RequestDone(engine_id, request_id, result, error))
-                elif kind in ("stopped", "fatal"):
+                elif kind == "stopped" or kind == "fatal":
+                    if kind == "stopped":
+                        self.batch_sizes[worker.spec.model].update(payload[1])
                     events.append(self._gone(worker, None if kind == "stopped" else str(payload),
                                              reusable=kind == "stopped"))
                     return events

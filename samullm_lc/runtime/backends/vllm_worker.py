@@ -19,18 +19,19 @@ import os
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
 from samullm_lc.errors import EngineError
+from samullm_lc.runtime.backends.openai_server import OpenAIServer, error_message
 from samullm_lc.runtime.vllm_engine import EngineSettings, apply_offline_defaults
 
 WorkItem = tuple[int, str, Any, dict[str, Any]]
 """A request as the pool sends it: (id, prompt kind, prompt, ``SamplingParams`` keyword arguments)."""
-Outcome = tuple[int, list[tuple[str, int, str | None]], int, str | None]
+Outcome = tuple[int, list[tuple[str, int, str | None]], int, str | None, str | None]
 """A finished request as the worker sends it back: (id, completions (text, tokens, finish reason), prompt
-tokens, error or None)."""
+tokens, error or None, the response body of an OpenAI call or None)."""
 PROBE_TOKEN_IDS = [1]
 """The one-token prompt that checks an engine still works after a request failed a step on its own."""
 REIMPORTED_MAIN_EXIT_CODE = 78
@@ -150,6 +151,12 @@ class WorkerEngine:
         self.ids: dict[str, int] = {}  # vLLM's external request id (ours, as text) -> ours, while in the engine
         self.internal: dict[str, str] = {}  # external -> the internal id vLLM assigned (for aborts)
         self.isolation = _Isolation()
+        self.server: OpenAIServer | None = None  # vLLM's OpenAI serving, made for the first OpenAI call
+        self.batch_sizes: Counter[int] = Counter()  # requests in each step's batch -> steps
+        self._scheduler = getattr(self.engine.engine_core, "engine_core", None)
+        self._scheduler = getattr(self._scheduler, "scheduler", None)  # the in-process engine's scheduler
+        self.prepared: dict[int, dict[str, tuple[Any, Any]]] = {}  # OpenAI call -> its engine requests not
+        # finished yet (engine id -> engine input and params), to re-run them after a failed step
 
     def serve(self, conn: Connection) -> None:
         """Step while there is work and no message; take messages in between; return when stopped."""
@@ -162,10 +169,13 @@ class WorkerEngine:
                 continue
             kind, payload = conn.recv()
             if kind == "stop":
+                if self.server is not None:
+                    self.server.close()
+                    self.server = None
                 unfinished = list(self.items)
                 if self.internal:
                     self.engine.abort_request(list(self.internal.values()), internal=True)
-                conn.send(("stopped", unfinished))
+                conn.send(("stopped", (unfinished, dict(self.batch_sizes))))
                 return
             for item in payload:
                 self.items[item[0]] = item
@@ -192,12 +202,22 @@ class WorkerEngine:
             conn.send(("done", outcomes))
 
     def _add(self, items: list[WorkItem]) -> list[Outcome]:
-        """Queue requests in the engine; the ones vLLM refuses come back as errors."""
+        """Queue requests in the engine; the ones vLLM refuses come back as errors. An OpenAI call goes through
+        vLLM's serving code first (``openai_server``), which adds it to the engine or answers it with an error."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         failed = []
+        served = False
         for request_id, kind, prompt, sampling in items:
+            if kind == "openai":
+                if request_id in self.prepared:  # re-run after a failed step: the serving code already ran
+                    for engine_id, (engine_input, params) in list(self.prepared[request_id].items()):
+                        self._engine_add(engine_id, engine_input, params)
+                else:
+                    self._openai_server().start(request_id, prompt)
+                    served = True
+                continue
             try:
                 params = SamplingParams(**sampling)
                 params.output_kind = RequestOutputKind.FINAL_ONLY
@@ -205,12 +225,42 @@ class WorkerEngine:
                     prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
                 elif kind == "tokens":
                     prompt = {"prompt_token_ids": [int(t) for t in prompt]}
-                self.internal[str(request_id)] = self.engine.add_request(str(request_id), prompt, params)
-                self.ids[str(request_id)] = request_id
+                self._engine_add(str(request_id), prompt, params)
             except Exception as exc:  # vLLM validates prompts and parameters with several exception types
                 self.items.pop(request_id, None)
-                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}"))
+                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}", None))
+        if served:
+            self.server.settle()
+            failed.extend(self._served_outcomes())
         return failed
+
+    def _engine_add(self, external_id: str, prompt: Any, params: Any) -> None:
+        """Add one request to the engine under our id; the OpenAI serving code calls this too, with ids
+        ``"ID:K"`` (the K-th prompt of call ID)."""
+        self.internal[external_id] = self.engine.add_request(external_id, prompt, params)
+        request_id = int(external_id.split(":")[0])
+        self.ids[external_id] = request_id
+        if self._is_openai(request_id):
+            self.prepared.setdefault(request_id, {})[external_id] = (prompt, params)
+
+    def _is_openai(self, request_id: int) -> bool:
+        item = self.items.get(request_id)
+        return item is not None and item[1] == "openai"
+
+    def _openai_server(self) -> OpenAIServer:
+        if self.server is None:
+            self.server = OpenAIServer(self.llm, self._engine_add)
+        return self.server
+
+    def _served_outcomes(self) -> list[Outcome]:
+        """The OpenAI calls vLLM's serving code has answered (a response, or the server's error)."""
+        outcomes = []
+        for result in self.server.finish():
+            self.items.pop(result.request_id, None)
+            self.prepared.pop(result.request_id, None)
+            error = None if result.status == 200 else error_message(result.body)
+            outcomes.append((result.request_id, result.completions, result.prompt_tokens, error, result.body))
+        return outcomes
 
     def _step(self, conn: Connection) -> None:
         try:
@@ -219,6 +269,9 @@ class WorkerEngine:
             self._step_failed(conn, exc)
             return
         finished = []
+        delivered = False
+        if self._scheduler is not None:  # the step's batch: what still runs plus what finished in it
+            self.batch_sizes[len(self._scheduler.running) + sum(o.finished for o in outputs)] += 1
         for output in outputs:
             if not output.finished:
                 continue
@@ -226,22 +279,32 @@ class WorkerEngine:
             if request_id is None:
                 continue
             self.internal.pop(output.request_id, None)
+            if self._is_openai(request_id):
+                self.prepared.get(request_id, {}).pop(output.request_id, None)
+                self.server.deliver(output.request_id, output)
+                delivered = True
+                continue
             self.items.pop(request_id, None)
             completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
-            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None))
+            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None, None))
+        if delivered:
+            finished.extend(self._served_outcomes())
         self._send(conn, finished)
 
     def _step_failed(self, conn: Connection, error: Exception) -> None:
         """Abort the failed step's requests and re-run them apart; fail the one that fails alone."""
         cause = f"{type(error).__name__}: {error}"
-        requests = list(self.ids.values())
+        requests = list(dict.fromkeys(self.ids.values()))
         self._abort_all()
         culprit = self.isolation.failed(requests)
         if culprit is None:
             return
         self._probe(cause)
         self.items.pop(culprit, None)
-        self._send(conn, [(culprit, [], 0, f"the engine step failed while running only this request: {cause}")])
+        if self.prepared.pop(culprit, None) is not None:
+            self.server.forget(culprit)
+        self._send(conn, [(culprit, [], 0, f"the engine step failed while running only this request: {cause}",
+                           None)])
 
     def _abort_all(self) -> None:
         """Take every request out of the engine (they stay in ``items``, to be re-run)."""
@@ -266,4 +329,7 @@ class WorkerEngine:
     def shutdown(self) -> None:
         from samullm_lc.runtime.vllm_engine import shutdown_llm
 
+        if self.server is not None:
+            self.server.close()
+            self.server = None
         shutdown_llm(self.llm)

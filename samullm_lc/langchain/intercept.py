@@ -1,0 +1,315 @@
+"""Where LangChain's LLM clients meet the pool: at the leaves, installed once per process.
+
+- The OpenAI SDK (``ChatOpenAI``, ``OpenAI``, community ``VLLMOpenAI``): every client sends its final request
+  through ``Client.send`` / ``AsyncClient.send`` of ``httpx2`` (the SDK's own since openai 3) or ``httpx``
+  (a client the user passed in); both are hooked. Inside an ``offline()`` block a call the SDK
+  makes to ``/chat/completions`` or ``/completions`` is answered by the pool with the body vLLM's server
+  would send, so LangChain parses it with its own code (messages, metadata, usage, callbacks, caching all
+  stay LangChain's). Any other SDK call fails with a clear error: nothing reaches the network.
+- Rate limiters attached to chat models let pool calls through inside a block (the pool schedules them).
+- Community ``VLLM`` (which loads ``vllm.LLM`` itself): inside a block its ``_generate`` runs with a client
+  that hands each prompt to the pool as a completions call with the model's own ``SamplingParams``, and a
+  ``VLLM`` constructed inside a block loads no weights (``vllm.LLM`` made there is such a client).
+
+Outside a block every hook calls the original at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import threading
+from types import ModuleType
+from typing import Any
+
+from samullm_lc.errors import SamullmError
+from samullm_lc.langchain.session import OfflineSession, UnknownClientModelError, active_session
+from samullm_lc.runtime.requests import RequestError
+
+HTTP_MODULES = ("httpx2", "httpx")
+"""The HTTP libraries the OpenAI SDK sends through (each hooked if installed)."""
+ROUTE_SUFFIXES = (("/chat/completions", "chat.completions"), ("/completions", "completions"))
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Install every hook, once per process (later calls return at once)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        for name in HTTP_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            _hook_http_module(module)
+        _install_rate_limiter_bypass()
+        _install_llm_batch()
+        _install_community_vllm()
+        _installed = True
+
+
+# ---- the OpenAI SDK ----------------------------------------------------------------------------------------
+def _hook_http_module(http: ModuleType) -> None:
+    """Route the OpenAI SDK's inference calls made through ``http``'s clients to the active block's pool."""
+    sync_send, async_send = http.Client.send, http.AsyncClient.send
+
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        session = active_session()
+        if session is None or not _from_openai_sdk(request):
+            return sync_send(self, request, **kwargs)
+        prepared = _prepare(http, session, request)
+        if not isinstance(prepared, tuple):
+            return prepared
+        try:
+            return _response(http, request, prepared[0].result())
+        except RequestError as exc:
+            return _error(http, request, 400, str(exc))
+
+    async def asend(self: Any, request: Any, **kwargs: Any) -> Any:
+        session = active_session()
+        if session is None or not _from_openai_sdk(request):
+            return await async_send(self, request, **kwargs)
+        prepared = _prepare(http, session, request)
+        if not isinstance(prepared, tuple):
+            return prepared
+        try:
+            return _response(http, request, await asyncio.wrap_future(prepared[0]))
+        except RequestError as exc:
+            return _error(http, request, 400, str(exc))
+
+    http.Client.send = send
+    http.AsyncClient.send = asend
+
+
+def _from_openai_sdk(request: Any) -> bool:
+    """A request the OpenAI Python SDK built (it marks every request with its ``X-Stainless`` headers)."""
+    return "x-stainless-lang" in request.headers or request.headers.get("user-agent", "").startswith("OpenAI/")
+
+
+def _prepare(http: ModuleType, session: OfflineSession, request: Any) -> Any:
+    """``(future,)`` for an inference call handed to the pool, or the error response for anything else."""
+    route = next((name for suffix, name in ROUTE_SUFFIXES if request.url.path.endswith(suffix)), None)
+    if route is None or request.method != "POST":
+        return _error(http, request, 404, f"samullm offline(): {request.method} {request.url.path} is not served "
+                                          "by the engine pool (chat completions and completions are), and "
+                                          "nothing inside the block goes to the network")
+    try:
+        body = json.loads(request.read())
+    except ValueError as exc:
+        return _error(http, request, 400, f"the request body is not JSON ({exc})")
+    if not isinstance(body, dict):
+        return _error(http, request, 400, "the request body must be a JSON object")
+    try:
+        return (session.submit_openai(route, body),)
+    except SamullmError as exc:
+        status = 404 if isinstance(exc, UnknownClientModelError) else 400
+        return _error(http, request, status, str(exc))
+
+
+def _response(http: ModuleType, request: Any, result: Any) -> Any:
+    body = result.response or ""
+    streaming = body.startswith("data:")
+    return http.Response(200, content=body.encode(), request=request,
+                         headers={"content-type": "text/event-stream" if streaming else "application/json"})
+
+
+def _error(http: ModuleType, request: Any, status: int, message: str) -> Any:
+    """An error response shaped as vLLM's server shapes one (the SDK raises its own error type for it)."""
+    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}})
+    return http.Response(status, content=body.encode(), request=request,
+                         headers={"content-type": "application/json"})
+
+
+# ---- completion models' batch ------------------------------------------------------------------------------
+def _install_llm_batch() -> None:
+    """Inside a block a completion model's ``batch`` sends every prompt in one ``generate`` call (its own way of
+    batching), whatever ``max_concurrency`` the block sets: LangChain's ``BaseLLM.batch`` splits by
+    ``max_concurrency`` and re-enters itself, which the block's inherited setting would repeat forever."""
+    from langchain_core.language_models import BaseLLM
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    batch, abatch = BaseLLM.batch, BaseLLM.abatch
+
+    def unlimited(config: Any) -> Any:
+        if isinstance(config, list):
+            return [unlimited(c) for c in config]
+        return {k: v for k, v in (config or {}).items() if k != "max_concurrency"} if config is not None else None
+
+    def strip_inherited() -> Any:
+        inherited = var_child_runnable_config.get()
+        if not inherited or "max_concurrency" not in inherited:
+            return None
+        return var_child_runnable_config.set(unlimited(inherited))
+
+    def batch_all(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+        if active_session() is None:
+            return batch(self, inputs, config, **kwargs)
+        token = strip_inherited()
+        try:
+            return batch(self, inputs, unlimited(config), **kwargs)
+        finally:
+            if token is not None:
+                var_child_runnable_config.reset(token)
+
+    async def abatch_all(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+        if active_session() is None:
+            return await abatch(self, inputs, config, **kwargs)
+        token = strip_inherited()
+        try:
+            return await abatch(self, inputs, unlimited(config), **kwargs)
+        finally:
+            if token is not None:
+                var_child_runnable_config.reset(token)
+
+    BaseLLM.batch = batch_all  # type: ignore[method-assign]
+    BaseLLM.abatch = abatch_all  # type: ignore[method-assign]
+
+
+# ---- rate limiters -----------------------------------------------------------------------------------------
+def _install_rate_limiter_bypass() -> None:
+    """Wrap ``acquire``/``aacquire`` of every rate limiter class, now and later defined: inside a block they
+    return at once (the pool, not a client-side limiter, decides what runs)."""
+    from langchain_core.rate_limiters import BaseRateLimiter
+
+    def wrap(cls: type) -> None:
+        for name in ("acquire", "aacquire"):
+            method = cls.__dict__.get(name)
+            if method is None or getattr(method, "_samullm_bypass", False):
+                continue
+            setattr(cls, name, _bypassed(method, asynchronous=name == "aacquire"))
+
+    def walk(cls: type) -> None:
+        wrap(cls)
+        for sub in cls.__subclasses__():
+            walk(sub)
+
+    walk(BaseRateLimiter)
+    original_init_subclass = BaseRateLimiter.__dict__.get("__init_subclass__")
+
+    @classmethod  # type: ignore[misc]
+    def init_subclass(cls: type, **kwargs: Any) -> None:
+        if original_init_subclass is not None:
+            original_init_subclass.__func__(cls, **kwargs)
+        else:
+            super(BaseRateLimiter, cls).__init_subclass__(**kwargs)
+        wrap(cls)
+
+    BaseRateLimiter.__init_subclass__ = init_subclass  # type: ignore[method-assign]
+
+
+def _bypassed(method: Any, *, asynchronous: bool) -> Any:
+    if asynchronous:
+        async def aacquire(self: Any, *args: Any, **kwargs: Any) -> bool:
+            if active_session() is not None:
+                return True
+            return await method(self, *args, **kwargs)
+
+        wrapper: Any = aacquire
+    else:
+        def acquire(self: Any, *args: Any, **kwargs: Any) -> bool:
+            if active_session() is not None:
+                return True
+            return method(self, *args, **kwargs)
+
+        wrapper = acquire
+    wrapper._samullm_bypass = True
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+# ---- community VLLM ----------------------------------------------------------------------------------------
+def _install_community_vllm() -> None:
+    try:
+        from langchain_community.llms.vllm import VLLM
+    except ImportError:
+        return
+    original_generate = VLLM._generate
+
+    def _generate(self: Any, prompts: list[str], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> Any:
+        session = active_session()
+        if session is None or isinstance(self.client, PoolCompletionClient):
+            return original_generate(self, prompts, stop, run_manager, **kwargs)
+        served = self.model_copy(update={"client": PoolCompletionClient(self.model)})
+        return original_generate(served, prompts, stop, run_manager, **kwargs)
+
+    VLLM._generate = _generate  # type: ignore[method-assign]
+    import vllm
+
+    real_llm = vllm.LLM
+
+    class _LLMInsideBlocks(real_llm):  # type: ignore[misc, valid-type]
+        """``vllm.LLM`` as seen by code that imports it: inside a block, a pool client that loads nothing."""
+
+        def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+            if active_session() is not None:
+                return PoolCompletionClient(kwargs.get("model", args[0] if args else ""))
+            return real_llm(*args, **kwargs)
+
+    _LLMInsideBlocks.__name__ = _LLMInsideBlocks.__qualname__ = "LLM"
+    _LLMInsideBlocks.__module__ = real_llm.__module__
+    vllm.LLM = _LLMInsideBlocks
+
+
+class PoolCompletionClient:
+    """What community ``VLLM`` calls as its ``client`` inside a block: ``generate(prompts, sampling_params)``
+    sends each prompt to the pool as a completions call carrying those ``SamplingParams`` (as vLLM's server
+    fields) and returns objects shaped like ``vllm.RequestOutput`` (``.outputs[i].text``)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def generate(self, prompts: Any, sampling_params: Any = None, **_: Any) -> list[Any]:
+        session = active_session()
+        if session is None:
+            raise SamullmError("this VLLM was made inside a samullm offline() block and loaded no weights; call "
+                               "it inside the block (or construct it outside to load its own engine)")
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        fields = _completion_fields(sampling_params)
+        futures = [session.submit_openai("completions", {"model": self.model, "prompt": p, **fields})
+                   for p in prompts]
+        outputs = []
+        for future in futures:
+            answer = json.loads(future.result().response or "{}")
+            outputs.append(_RequestOutput([_CompletionOutput(c["text"], c.get("finish_reason"))
+                                           for c in answer.get("choices", [])]))
+        return outputs
+
+
+class _CompletionOutput:
+    __slots__ = ("text", "finish_reason")
+
+    def __init__(self, text: str, finish_reason: str | None) -> None:
+        self.text, self.finish_reason = text, finish_reason
+
+
+class _RequestOutput:
+    __slots__ = ("outputs",)
+
+    def __init__(self, outputs: list[_CompletionOutput]) -> None:
+        self.outputs = outputs
+
+
+_SERVER_FIELDS = ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                  "frequency_penalty", "repetition_penalty", "stop", "seed", "ignore_eos", "min_tokens",
+                  "stop_token_ids", "include_stop_str_in_output", "skip_special_tokens",
+                  "spaces_between_special_tokens", "logprobs")
+
+
+def _completion_fields(params: Any) -> dict[str, Any]:
+    """The ``SamplingParams`` fields community VLLM sets, as completions-request fields (same names in vLLM)."""
+    if params is None:
+        return {}
+    if getattr(params, "use_beam_search", False):
+        raise SamullmError("beam search is not served by the engine pool; leave use_beam_search off")
+    fields = {}
+    for name in _SERVER_FIELDS:
+        value = getattr(params, name, None)
+        if value is not None and value != []:
+            fields[name] = value
+    return fields

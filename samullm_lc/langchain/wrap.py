@@ -1,0 +1,117 @@
+"""``wrap(chain)``: a Runnable with the chain's types whose calls run on an engine pool of its own.
+
+For code that takes a Runnable (batch evaluation harnesses): ``fast = samullm.wrap(chain, models=...)``, then
+``fast.batch(inputs)``, ``await fast.abatch(inputs)``, ``fast.invoke(x)``. The pool starts at the first call
+and serves every later one (so a harness that calls ``invoke`` per example keeps its engines); ``close()``
+(or leaving ``with samullm.wrap(...) as fast:``, or the end of the process) stops it. Only the wrapped
+chain's own calls (and what they start) are served: other LangChain code of the process is untouched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.runnables import Runnable, RunnableConfig
+
+from samullm_lc.langchain.session import OfflineSession, offline
+from samullm_lc.runtime.report import RunReport
+
+
+class PoolRunnable(Runnable):
+    """The wrapped chain: same input and output types; every call served by the wrapper's pool."""
+
+    def __init__(self, chain: Runnable, session: OfflineSession) -> None:
+        if not isinstance(chain, Runnable):
+            raise TypeError(f"wrap() takes a LangChain Runnable (an LCEL chain or a compiled LangGraph graph), "
+                            f"got {type(chain).__name__}")
+        self.chain = chain
+        self.session = session
+        self.name = f"samullm({chain.get_name()})"
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, session.close)
+        atexit.register(self._finalizer)
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 (LangChain's name)
+        return self.chain.InputType
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802
+        return self.chain.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.chain.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> Any:
+        return self.chain.get_output_schema(config)
+
+    # ---- the pool ------------------------------------------------------------------------------------
+    def _served(self) -> Any:
+        with self._lock:
+            if not self.session.is_open:
+                self.session.open(process_wide=False)
+        return _Active(self.session)
+
+    def report(self) -> RunReport:
+        return self.session.report()
+
+    def close(self) -> None:
+        """Stop the pool's engines (a later call starts a new pool)."""
+        self.session.close()
+
+    def __enter__(self) -> PoolRunnable:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.session.close(cancel=exc_type is not None and not issubclass(exc_type, Exception))
+
+    # ---- calls ---------------------------------------------------------------------------------------
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        with self._served():
+            return self.chain.invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        with self._served():
+            return await self.chain.ainvoke(input, config, **kwargs)
+
+    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        with self._served():
+            return self.chain.batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        with self._served():
+            return await self.chain.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        with self._served():
+            yield from self.chain.stream(input, config, **kwargs)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+                      ) -> AsyncIterator[Any]:
+        with self._served():
+            async for chunk in self.chain.astream(input, config, **kwargs):
+                yield chunk
+
+
+class _Active:
+    """The session active in the calling context for one call."""
+
+    def __init__(self, session: OfflineSession) -> None:
+        self.session = session
+
+    def __enter__(self) -> None:
+        self.tokens = self.session.activate()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.session.deactivate(self.tokens)
+
+
+def wrap(chain: Runnable, **options: Any) -> PoolRunnable:
+    """``chain`` served by an engine pool of its own; ``options`` are ``offline()``'s (models, devices, ...)."""
+    return PoolRunnable(chain, offline(**options))
