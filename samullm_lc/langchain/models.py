@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, BaseLLM, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
-from langchain_core.outputs import ChatGeneration, ChatResult, Generation, LLMResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation, LLMResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema
-from pydantic import BaseModel, Field
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field
 
 from samullm_lc.errors import SamullmError
 from samullm_lc.langchain.session import OfflineSession, active_session
@@ -31,7 +32,8 @@ OUTSIDE_BLOCK = ("{cls} is served by samullm's engine pool, which runs only insi
 
 
 class _PoolSampling(BaseModel):
-    """The OpenAI request fields both models set; unset fields take the server's defaults."""
+    """The OpenAI request fields both models set; unset fields take the server's defaults. The models refuse
+    an unknown field (a misspelt setting would otherwise do nothing)."""
 
     model: str = Field(description="The model name; inside offline(models=...) a key of that mapping.")
     temperature: float | None = None
@@ -46,6 +48,13 @@ class _PoolSampling(BaseModel):
     top_logprobs: int | None = None
     extra_body: dict[str, Any] = Field(default_factory=dict, description=(
         "vLLM's extra request fields, as in ChatOpenAI's extra_body: top_k, min_p, repetition_penalty, ..."))
+    timeout: float | None = Field(None, gt=0, description="Seconds to wait for an answer; None waits as long as "
+                                  "the batch takes (offline, a call waits for its turn on the engines).")
+    max_retries: int = Field(2, ge=0, description=(
+        "LangChain's standard setting, accepted for compatibility; the pool never retries a call the engine "
+        "refused (it would fail the same way) and re-runs on its own the calls of an engine that died."))
+    api_key: str | None = Field(None, description="LangChain's standard setting, accepted for compatibility; "
+                                "the in-process pool needs no key.")
 
     def _request_fields(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         fields = {name: getattr(self, name) for name in ("temperature", "max_tokens", "top_p", "seed",
@@ -66,16 +75,20 @@ def _session(cls: str) -> OfflineSession:
     return session
 
 
-def _answer(future: Any) -> dict[str, Any]:
-    return json.loads(future.result().response)
+def _answer(future: Any, timeout: float | None) -> dict[str, Any]:
+    return json.loads(future.result(timeout).response)
 
 
-async def _aanswer(future: Any) -> dict[str, Any]:
-    return json.loads((await asyncio.wrap_future(future)).response)
+async def _aanswer(future: Any, timeout: float | None) -> dict[str, Any]:
+    return json.loads((await asyncio.wait_for(asyncio.wrap_future(future), timeout)).response)
 
 
 class ChatSamullm(_PoolSampling, BaseChatModel):
     """A chat model served by the engine pool: ``ChatSamullm(model="tiny-llama-s", temperature=0)``."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    streaming: bool = Field(False, description="Answer invoke() through stream() (one chunk: the whole answer).")
 
     @property
     def _llm_type(self) -> str:
@@ -87,7 +100,7 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
-        params.update(ls_provider="samullm", ls_model_name=self.model)
+        params.update(ls_provider="samullm", ls_model_name=kwargs.get("model", self.model))
         return params
 
     def _body(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -100,34 +113,52 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         future = _session("ChatSamullm").submit_openai("chat.completions", self._body(messages, stop, kwargs))
-        return _chat_result(_result_or_raise(future, _answer))
+        return _chat_result(_result_or_raise(future, self.timeout))
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         future = _session("ChatSamullm").submit_openai("chat.completions", self._body(messages, stop, kwargs))
-        return _chat_result(await _aresult_or_raise(future))
+        return _chat_result(await _aresult_or_raise(future, self.timeout))
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        """The whole answer as one chunk (offline, only the end-to-end time counts)."""
+        chunk = _one_chunk(self._generate(messages, stop=stop, **kwargs))
+        if run_manager:
+            run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any
+                       ) -> AsyncIterator[ChatGenerationChunk]:
+        chunk = _one_chunk(await self._agenerate(messages, stop=stop, **kwargs))
+        if run_manager:
+            await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+        yield chunk
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         raise NotImplementedError("ChatSamullm does not support tool calls yet (the engine pool runs no tool "
                                   "parser); use with_structured_output(schema) for JSON answers")
 
-    def with_structured_output(self, schema: dict | type, *, method: Literal["json_schema", "json_mode"] =
-                               "json_schema", include_raw: bool = False, **kwargs: Any) -> Runnable:
+    def with_structured_output(self, schema: dict | type, *, method: Literal[
+            "json_schema", "json_mode", "function_calling"] = "json_schema", include_raw: bool = False,
+            strict: bool | None = None, **kwargs: Any) -> Runnable:
         """Answers constrained by vLLM's structured-output decoding to ``schema`` (a pydantic class or a JSON
-        schema); ``method="json_mode"`` asks only for a JSON object. Tool-calling methods are not supported."""
+        schema; ``function_calling`` is served the same way, as no tool parser runs); ``json_mode`` asks only
+        for a JSON object. The grammar always holds the answer to the schema, so ``strict`` changes nothing."""
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
-        is_model = isinstance(schema, type) and issubclass(schema, BaseModel)
-        if method == "json_schema":
-            json_schema = convert_to_json_schema(schema)
-            name = json_schema.get("title", "answer")
-            bound = self.bind(response_format={"type": "json_schema",
-                                               "json_schema": {"name": name, "schema": json_schema}})
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        json_schema = convert_to_json_schema(schema)
+        traced = {"kwargs": {"method": method, "strict": strict}, "schema": json_schema}
+        if method in ("json_schema", "function_calling"):
+            response_format = {"type": "json_schema",
+                               "json_schema": {"name": json_schema.get("title", "answer"), "schema": json_schema}}
         elif method == "json_mode":
-            bound = self.bind(response_format={"type": "json_object"})
+            response_format = {"type": "json_object"}
         else:
-            raise NotImplementedError(f"method={method!r} is not supported (the engine pool runs no tool parser); "
-                                      "use 'json_schema' or 'json_mode'")
+            raise ValueError(f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}")
+        bound = self.bind(response_format=response_format, ls_structured_output_format=traced)
         parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
         if not include_raw:
             return bound | parser
@@ -137,6 +168,8 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
 
 class SamullmLLM(_PoolSampling, BaseLLM):
     """A completion model (text in, text out) served by the engine pool."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     @property
     def _llm_type(self) -> str:
@@ -153,27 +186,40 @@ class SamullmLLM(_PoolSampling, BaseLLM):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         session = _session("SamullmLLM")
         futures = [session.submit_openai("completions", body) for body in self._bodies(prompts, stop, kwargs)]
-        return _llm_result([_result_or_raise(f, _answer) for f in futures], self.model)
+        return _llm_result([_result_or_raise(f, self.timeout) for f in futures], self.model)
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         session = _session("SamullmLLM")
         futures = [session.submit_openai("completions", body) for body in self._bodies(prompts, stop, kwargs)]
-        return _llm_result([await _aresult_or_raise(f) for f in futures], self.model)
+        return _llm_result([await _aresult_or_raise(f, self.timeout) for f in futures], self.model)
 
 
-def _result_or_raise(future: Any, read: Any) -> dict[str, Any]:
+def _result_or_raise(future: Any, timeout: float | None) -> dict[str, Any]:
     try:
-        return read(future)
+        return _answer(future, timeout)
     except RequestError as exc:
         raise SamullmError(str(exc)) from None
+    except TimeoutError:
+        raise SamullmError(f"no answer within timeout={timeout} s; the call stays queued in the pool") from None
 
 
-async def _aresult_or_raise(future: Any) -> dict[str, Any]:
+async def _aresult_or_raise(future: Any, timeout: float | None) -> dict[str, Any]:
     try:
-        return await _aanswer(future)
+        return await _aanswer(future, timeout)
     except RequestError as exc:
         raise SamullmError(str(exc)) from None
+    except TimeoutError:
+        raise SamullmError(f"no answer within timeout={timeout} s; the call stays queued in the pool") from None
+
+
+def _one_chunk(result: ChatResult) -> ChatGenerationChunk:
+    """A chat result's first answer as the last (and only) chunk of a stream."""
+    generation = result.generations[0]
+    message = generation.message
+    chunk = AIMessageChunk(content=message.content, id=message.id, response_metadata=message.response_metadata,
+                           usage_metadata=message.usage_metadata, chunk_position="last")
+    return ChatGenerationChunk(message=chunk, generation_info=generation.generation_info)
 
 
 def _usage(answer: dict[str, Any]) -> dict[str, int]:

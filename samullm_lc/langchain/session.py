@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.langchain import sites
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.pool import EnginePool, check_backend
 from samullm_lc.runtime.report import RunReport
@@ -36,6 +38,10 @@ every engine's batch, small enough that threads and queued prompts stay bounded.
 _current: contextvars.ContextVar[OfflineSession | None] = contextvars.ContextVar("samullm_offline", default=None)
 _open_sessions: list[OfflineSession] = []  # innermost last: what threads outside the block's context see
 _open_lock = threading.Lock()
+
+
+ActiveTokens = tuple[contextvars.Token, "contextvars.Token | None", contextvars.Token]
+"""What ``activate`` set (the session, LangChain's concurrency setting, the call-site recorder), to undo it."""
 
 
 class UnknownClientModelError(ConfigError):
@@ -65,9 +71,11 @@ class OfflineSession:
         planner: str = "search",
         progress: bool | None = None,
         profiles: dict[str, Any] | None = None,
+        tool_parser: str | None = None,
         seed: int = 0,
     ) -> None:
         self.names = _model_names(models)
+        self.tool_parser = check_tool_parser(tool_parser)
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
@@ -79,9 +87,10 @@ class OfflineSession:
         self._pool_lock = threading.Lock()
         self.call_sites: Counter[str] = Counter()
         self._sites_lock = threading.Lock()
-        self._tokens: list[tuple[contextvars.Token, contextvars.Token | None]] = []
+        self._tokens: list[ActiveTokens] = []
         self.is_open = False
         self._final_report: RunReport | None = None
+        self._interrupt_handler: tuple[Any, Any] | None = None  # (ours, the one it replaced)
 
     # ---- the block -----------------------------------------------------------------------------------
     def __enter__(self) -> OfflineSession:
@@ -96,22 +105,25 @@ class OfflineSession:
         from samullm_lc.langchain import intercept
 
         intercept.install()
+        sites.register()
         if self.names is not None:
             self._ensure_pool(sorted(set(self.names.values())))
         self.is_open = True
         if process_wide:
             with _open_lock:
                 _open_sessions.append(self)
+            self._interrupt_handler = _on_interrupt(self)
 
-    def activate(self) -> tuple[contextvars.Token, contextvars.Token | None]:
+    def activate(self) -> ActiveTokens:
         """Make this the session of the current context (and the contexts it starts); ``deactivate`` undoes it."""
-        return _current.set(self), _concurrency_token(self.max_concurrency)
+        return _current.set(self), _concurrency_token(self.max_concurrency), sites.activate()
 
     @staticmethod
-    def deactivate(tokens: tuple[contextvars.Token, contextvars.Token | None]) -> None:
+    def deactivate(tokens: ActiveTokens) -> None:
         from langchain_core.runnables.config import var_child_runnable_config
 
-        token, config_token = tokens
+        token, config_token, sites_token = tokens
+        sites.deactivate(sites_token)
         _reset(_current, token)
         if config_token is not None:
             _reset(var_child_runnable_config, config_token)
@@ -127,6 +139,9 @@ class OfflineSession:
         with _open_lock:
             if self in _open_sessions:
                 _open_sessions.remove(self)
+        if self._interrupt_handler is not None:
+            _restore_interrupt(*self._interrupt_handler)
+            self._interrupt_handler = None
         if self._tokens:
             self.deactivate(self._tokens.pop())
         if self.pool is not None:
@@ -155,10 +170,17 @@ class OfflineSession:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise ConfigError("the request names no model: set `model=` on the LangChain client")
+        if self.tool_parser is None and _asks_for_tool_calls(body):
+            raise ConfigError(
+                "the request offers tools for the model to call; vLLM's server parses tool calls with a parser for "
+                "the model's format, and this offline() block has none: pass offline(tool_parser=NAME) with vLLM's "
+                "parser for your model (e.g. 'hermes' for Qwen2.5, 'llama3_json' for Llama 3.1), or remove the "
+                "tools (with_structured_output(method='json_schema') needs none)")
         model = self.pool_model(name)
-        self._count(call_site(name))
+        self._count(sites.current_site(name))
         assert self.pool is not None
-        return self.pool.submit(model, openai={"route": route, "body": body})
+        call = {"route": route, "body": body, "tool_parser": self.tool_parser}
+        return self.pool.submit(model, openai=call)
 
     def _count(self, site: str) -> None:
         with self._sites_lock:
@@ -213,6 +235,7 @@ def offline(
     backend: str = "vllm",
     planner: str = "search",
     progress: bool | None = None,
+    tool_parser: str | None = None,
     seed: int = 0,
 ) -> OfflineSession:
     """A block in which LangChain's LLM clients are served by an in-process pool of vLLM engines.
@@ -221,23 +244,28 @@ def offline(
     folder, or a tiny model's name); a list means each name is its own weights; None serves every client by
     its own model name. ``devices`` is a cluster such as ``"8xA100-80GB"`` (default: the GPUs CUDA shows,
     else one CPU engine slot per core). ``journal`` makes a rerun of an interrupted batch recompute only what
-    had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting).
+    had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting). ``tool_parser``
+    serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would.
     """
     return OfflineSession(models=models, devices=devices, journal=journal, max_concurrency=max_concurrency,
-                          backend=backend, planner=planner, progress=progress, seed=seed)
+                          backend=backend, planner=planner, progress=progress, tool_parser=tool_parser, seed=seed)
 
 
-def call_site(model: str) -> str:
-    """Where a call comes from: the client's model and the LangChain step that made it (the tags and the
-    LangGraph node of the run that is calling, read from LangChain's configuration of this context)."""
-    from langchain_core.runnables.config import var_child_runnable_config
+def _asks_for_tool_calls(body: dict[str, Any]) -> bool:
+    """A chat body that lets the model call tools (tools offered, and a tool choice other than "none")."""
+    return bool(body.get("tools")) and body.get("tool_choice", "auto") != "none"
 
-    config = var_child_runnable_config.get() or {}
-    callbacks = config.get("callbacks")
-    tags = [*(config.get("tags") or []), *(getattr(callbacks, "tags", None) or [])]
-    steps = sorted({t for t in tags if t.startswith(("seq:step:", "map:key:", "branch:", "condition:"))})
-    node = (config.get("metadata") or {}).get("langgraph_node")
-    return " ".join([model, *([f"node:{node}"] if node else []), *steps])
+
+def check_tool_parser(name: str | None) -> str | None:
+    """``name`` if vLLM has a tool parser of that name (``vllm serve --tool-call-parser``), else ``ConfigError``."""
+    if name is None:
+        return None
+    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
+
+    known = ToolParserManager.list_registered()
+    if name not in known:
+        raise ConfigError(f"unknown tool parser {name!r}; vLLM's parsers: {', '.join(sorted(known))}")
+    return name
 
 
 def _model_names(models: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
@@ -301,6 +329,31 @@ def _concurrency_token(max_concurrency: int) -> contextvars.Token | None:
         return None
     config["max_concurrency"] = max_concurrency
     return var_child_runnable_config.set(config)  # type: ignore[arg-type]
+
+
+def _on_interrupt(session: OfflineSession) -> tuple[Any, Any] | None:
+    """Make Ctrl-C fail the block's outstanding calls at once, then interrupt as before. Without it, LangChain's
+    ``batch`` would wait for every call in flight (up to ``max_concurrency``) before the interrupt reaches the
+    block. Only the main thread can set a signal handler; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def interrupted(signum: int, frame: Any) -> Any:
+        if session.pool is not None:
+            session.pool.cancel()
+        if callable(previous):
+            return previous(signum, frame)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    return interrupted, previous
+
+
+def _restore_interrupt(ours: Any, previous: Any) -> None:
+    """Put back the handler ``_on_interrupt`` replaced, unless someone replaced ours since."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is ours:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:

@@ -209,6 +209,7 @@ class Driver:
             while True:
                 self._take_inbox()
                 if self.cancelling.is_set() and self._futures:
+                    self.report.interrupted = True
                     self._fail_all("the run was interrupted before this request finished")
                 if self.closing.is_set() and self.is_idle():
                     break

@@ -188,6 +188,13 @@ class EnginePool:
             error, self._error = self._error, None
             raise PoolError(f"the engine pool's driver failed: {type(error).__name__}: {error}") from error
 
+    def cancel(self) -> None:
+        """Fail every outstanding request now, and any submitted later (the run is being interrupted); the
+        engines stop at ``close``. Any thread, or a signal handler."""
+        if self._thread is not None:
+            self._driver.cancelling.set()
+            self.backend.wake()
+
     def __enter__(self) -> EnginePool:
         return self.start()
 
@@ -224,7 +231,7 @@ class EnginePool:
             if kind == "openai":
                 if sampling is not None:
                     raise ConfigError("an OpenAI call carries its sampling settings in its body; leave `sampling` out")
-                spec = OpenAICall.model_construct(**body).sampling_hint()
+                spec = OpenAICall.model_construct(**body).sampling_hint()  # type: ignore[arg-type]
             else:
                 spec = SamplingSpec.parse(sampling)
             if node is not None and (not isinstance(node, str) or not self._driver.has_node(node)):

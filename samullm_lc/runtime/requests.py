@@ -116,6 +116,9 @@ class OpenAICall(BaseModel):
 
     route: Literal["chat.completions", "completions"]
     body: dict[str, Any]
+    tool_parser: str | None = Field(None, description=(
+        "vLLM's tool parser for the model's format (vllm serve's --tool-call-parser, with auto tool choice); "
+        "None: tool calls are refused, as by a server started without one."))
 
     @model_validator(mode="after")
     def _json_body(self) -> OpenAICall:
@@ -215,7 +218,7 @@ def normalise_prompt(
                           "`openai` (an OpenAI-API call)")
     if openai is not None:
         call = _openai_call(openai)
-        return "openai", {"route": call.route, "body": call.body}
+        return "openai", call.model_dump(exclude_defaults=True)
     if messages is not None:
         return "chat", normalise_messages(messages)
     if isinstance(prompt, str):

@@ -85,13 +85,13 @@ def serve_flags(settings: EngineSettings) -> list[str]:
     return flags
 
 
-def serve_command(model: str, port: int, weights: str | None = None) -> list[str]:
+def serve_command(model: str, port: int, weights: str | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     """The whole command line of the reference server for ``model`` on ``127.0.0.1:port``, serving ``weights``
-    (a model folder; default: the tiny model ``model``) under the name ``model``."""
+    (a model folder; default: the tiny model ``model``) under the name ``model``, with ``extra`` flags."""
     settings = pool_engine_settings(weights or model)
     return [sys.executable, "-c", VLLM_SERVE, "serve", settings.model, *serve_flags(settings),
             "--served-model-name", model, "--host", "127.0.0.1", "--port", str(port),
-            "--disable-uvicorn-access-log"]
+            "--disable-uvicorn-access-log", *extra]
 
 
 def server_env(core: int) -> dict[str, str]:
@@ -194,10 +194,11 @@ class ReferenceServer:
             self.process.wait(5)
 
 
-def start_server(model: str, core: int, log_dir: Path, weights: str | None = None) -> ReferenceServer:
+def start_server(model: str, core: int, log_dir: Path, weights: str | None = None,
+                 extra: tuple[str, ...] = ()) -> ReferenceServer:
     """Start (without waiting) ``vllm serve`` for ``model`` (served from ``weights`` if given) pinned to ``core``."""
     port = free_port()
-    command = serve_command(model, port, weights)
+    command = serve_command(model, port, weights, extra)
     log_path = log_dir / f"{model}-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(  # taskset execs the server: same pid, pinned before Python starts
@@ -246,8 +247,9 @@ class ReferenceServerPool:
     test session over pipelines with different model pairs restarts only the servers that change."""
 
     def __init__(self, log_dir: str | Path | None = None, timeout: float = STARTUP_TIMEOUT_S,
-                 weights: dict[str, str] | None = None) -> None:
+                 weights: dict[str, str] | None = None, extra_flags: tuple[str, ...] = ()) -> None:
         self.weights = dict(weights or {})  # served name -> model folder (default: the tiny model of that name)
+        self.extra_flags = extra_flags  # more `vllm serve` flags for every server
         self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="samullm-ref-servers-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
@@ -270,7 +272,8 @@ class ReferenceServerPool:
                 core = next(c for c in self.cores if c not in busy)
                 busy.add(core)
                 pool_engine_settings(self.weights.get(model, model))  # make the folder before the server reads it
-                self.servers[model] = start_server(model, core, self.log_dir, self.weights.get(model))
+                self.servers[model] = start_server(model, core, self.log_dir, self.weights.get(model),
+                                                   self.extra_flags)
                 started.append(self.servers[model])
         for server in started:
             server.wait_ready(self.timeout)

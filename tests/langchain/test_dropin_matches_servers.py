@@ -27,6 +27,7 @@ from samullm_lc.tinymodels.seeded import ensure_seeded_tiny_model  # noqa: E402
 pytestmark = pytest.mark.engine
 
 INPUTS = 24
+TOOL_PARSER = "hermes"  # both sides serve tool calls as `vllm serve --enable-auto-tool-choice --tool-call-parser`
 MIN_IDENTICAL = 0.99
 VOLATILE = {"id", "created", "system_fingerprint"}  # differ between any two server responses too
 
@@ -42,7 +43,8 @@ def runs(weights: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> d
     one completion call with their callback run trees, both ways."""
     inputs = make_inputs(INPUTS, seed=7)
     reference: dict[str, list] = {}
-    with ReferenceServerPool(log_dir=tmp_path_factory.mktemp("servers"), weights=weights) as servers:
+    flags = ("--enable-auto-tool-choice", "--tool-call-parser", TOOL_PARSER)
+    with ReferenceServerPool(log_dir=tmp_path_factory.mktemp("servers"), weights=weights, extra_flags=flags) as servers:
         urls: dict[str, str] = {}
         for name, pipeline in sorted(PIPELINES.items(), key=lambda p: p[1].models):
             urls.update(servers.urls(list(pipeline.models)))
@@ -50,7 +52,7 @@ def runs(weights: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> d
         urls.update(servers.urls([SMALL]))
         reference_calls = _single_calls(urls[SMALL])
     offline: dict[str, list] = {}
-    with samullm.offline(models=weights, devices="2xcpu", progress=False) as run:
+    with samullm.offline(models=weights, devices="2xcpu", progress=False, tool_parser=TOOL_PARSER) as run:
         for name, pipeline in PIPELINES.items():
             offline[name] = pipeline.build(urls).batch(inputs)
         offline_calls = _single_calls(urls[SMALL])
@@ -76,7 +78,21 @@ def _single_calls(url: str) -> dict[str, Any]:
     message = client.invoke("Describe the sea in one line.", config={"callbacks": [chat], "tags": ["probe"]})
     llm = OpenAI(model=SMALL, base_url=url, api_key="EMPTY", temperature=0, max_tokens=12)
     result = llm.generate(["Once upon a time"], callbacks=[completion])
-    return {"message": message, "llm_result": result, "chat_tree": _tree(chat.runs), "llm_tree": _tree(completion.runs)}
+    return {"message": message, "llm_result": result, "chat_tree": _tree(chat.runs), "llm_tree": _tree(completion.runs),
+            "tool_call": _raw_tool_call(url)}
+
+
+def _raw_tool_call(url: str) -> dict[str, Any]:
+    """A named tool choice through the OpenAI SDK itself: the raw response, as the server sends it."""
+    import openai
+
+    tool = {"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+    client = openai.OpenAI(base_url=url, api_key="EMPTY")
+    response = client.chat.completions.create(
+        model=SMALL, messages=[{"role": "user", "content": "Add 2 and 3."}], tools=[tool], max_tokens=48,
+        tool_choice={"type": "function", "function": {"name": "add"}}, temperature=0)
+    return response.model_dump()
 
 
 def _tree(runs: list[Any]) -> list[Any]:
@@ -133,6 +149,21 @@ def test_completion_result_has_the_servers_shape(runs: dict[str, Any]) -> None:
     assert ours.generations == theirs.generations
     assert {k: v for k, v in ours.llm_output.items() if k not in VOLATILE} == {
         k: v for k, v in theirs.llm_output.items() if k not in VOLATILE}
+
+
+def test_tool_call_has_the_servers_shape(runs: dict[str, Any]) -> None:
+    ours, theirs = runs["offline_calls"]["tool_call"], runs["reference_calls"]["tool_call"]
+
+    def message(response: dict[str, Any]) -> dict[str, Any]:
+        """The answer without the random tool-call ids (the tiny model may not finish its call in 48 tokens:
+        then both sides return the same partial text and no call)."""
+        answer = dict(response["choices"][0]["message"])
+        answer["tool_calls"] = [{k: v for k, v in c.items() if k != "id"} for c in answer["tool_calls"] or []]
+        return answer
+
+    assert message(ours) == message(theirs)
+    assert ours["choices"][0]["finish_reason"] == theirs["choices"][0]["finish_reason"]
+    assert ours["usage"] == theirs["usage"]
 
 
 def test_callback_run_trees_are_the_same(runs: dict[str, Any]) -> None:

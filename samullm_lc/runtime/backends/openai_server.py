@@ -95,17 +95,13 @@ class OpenAIServer:
         global _current_call
         import contextvars
 
-        from vllm.renderers.online_renderer import OnlineRenderer
-
         if _current_call is None:
             _current_call = contextvars.ContextVar("samullm_openai_call")
         self.loop = asyncio.new_event_loop()
         self.calls: dict[str, ServedCall] = {}
         self._engine = llm.llm_engine
         self._client = _SteppedEngineClient(self._engine, add, self.calls)
-        self._renderer = OnlineRenderer(self._engine.model_config, self._engine.renderer, request_logger=None,
-                                        chat_template=None, chat_template_content_format="auto")
-        self._servings: dict[str, tuple[Any, Any]] = {}
+        self._servings: dict[tuple[str, str | None], tuple[Any, Any]] = {}
         self._finished: list[ServedResult] = []
 
     # ---- the worker's calls ----------------------------------------------------------------------------
@@ -115,7 +111,8 @@ class OpenAIServer:
         self.calls[str(request_id)] = served
         token = _current_call.set(str(request_id))
         try:
-            served.task = self.loop.create_task(self._serve(served, call["route"], call["body"]))
+            served.task = self.loop.create_task(self._serve(served, call["route"], call["body"],
+                                                            call.get("tool_parser")))
         finally:
             _current_call.reset(token)
 
@@ -156,10 +153,10 @@ class OpenAIServer:
         self.loop.close()
 
     # ---- one call -------------------------------------------------------------------------------------
-    async def _serve(self, call: ServedCall, route: str, body: dict[str, Any]) -> None:
+    async def _serve(self, call: ServedCall, route: str, body: dict[str, Any], tool_parser: str | None) -> None:
         status, text = 500, ""
         try:
-            status, text = await self._respond(call, route, body)
+            status, text = await self._respond(call, route, body, tool_parser)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the server answers 500 with the error; so do we
@@ -172,7 +169,8 @@ class OpenAIServer:
         prompt_tokens = sum(len(output.prompt_token_ids or ()) for output in outputs)
         self._finished.append(ServedResult(call.request_id, status, text, completions, prompt_tokens))
 
-    async def _respond(self, call: ServedCall, route: str, body: dict[str, Any]) -> tuple[int, str]:
+    async def _respond(self, call: ServedCall, route: str, body: dict[str, Any], tool_parser: str | None
+                       ) -> tuple[int, str]:
         from pydantic import ValidationError
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -185,7 +183,7 @@ class OpenAIServer:
             request = request_type.model_validate(body)
         except ValidationError as exc:
             return 400, _error_body(_validation_message(exc), 400)
-        chat, completion = self._serving(request.model)
+        chat, completion = self._serving(request.model, tool_parser)
         create = chat.create_chat_completion if route == "chat.completions" else completion.create_completion
         response = await create(request, None)
         if isinstance(response, ErrorResponse):
@@ -195,24 +193,31 @@ class OpenAIServer:
         chunks = [chunk async for chunk in response]  # a streaming call: the server's events, in one piece
         return 200, "".join(chunks)
 
-    def _serving(self, name: str | None) -> tuple[Any, Any]:
+    def _serving(self, name: str | None, tool_parser: str | None) -> tuple[Any, Any]:
         """vLLM's chat and completion serving answering to ``name``, as a server started with
-        ``--served-model-name NAME`` (the name the client uses; the folder if it gives none)."""
+        ``--served-model-name NAME`` (the name the client uses; the folder if it gives none) and, with a
+        ``tool_parser``, ``--enable-auto-tool-choice --tool-call-parser PARSER``."""
         from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
         from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
         from vllm.entrypoints.openai.models.protocol import BaseModelPath
         from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+        from vllm.renderers.online_renderer import OnlineRenderer
 
         name = name or self._engine.model_config.model
-        if name not in self._servings:
+        key = (name, tool_parser)
+        if key not in self._servings:
+            tools = {"enable_auto_tools": tool_parser is not None, "tool_parser": tool_parser}
             models = OpenAIServingModels(self._client, [BaseModelPath(name=name,
                                                                       model_path=self._engine.model_config.model)])
-            chat = OpenAIServingChat(self._client, models, response_role="assistant", online_renderer=self._renderer,
-                                     request_logger=None, chat_template=None, chat_template_content_format="auto")
-            completion = OpenAIServingCompletion(self._client, models, online_renderer=self._renderer,
+            renderer = OnlineRenderer(self._engine.model_config, self._engine.renderer, request_logger=None,
+                                      chat_template=None, chat_template_content_format="auto", **tools)
+            chat = OpenAIServingChat(self._client, models, response_role="assistant", online_renderer=renderer,
+                                     request_logger=None, chat_template=None, chat_template_content_format="auto",
+                                     **tools)
+            completion = OpenAIServingCompletion(self._client, models, online_renderer=renderer,
                                                  request_logger=None)
-            self._servings[name] = (chat, completion)
-        return self._servings[name]
+            self._servings[key] = (chat, completion)
+        return self._servings[key]
 
 
 async def _all_set(events: list[asyncio.Event]) -> None:

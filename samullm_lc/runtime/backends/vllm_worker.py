@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import traceback
@@ -71,8 +72,10 @@ def pin_process(pinning: dict[str, Any]) -> None:
 def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> None:
     """Run engines until told to exit: the first one given here, then each one a ``start`` message names.
 
-    Every failure is reported on ``conn``; after a failed engine the process ends.
+    Every failure is reported on ``conn``; after a failed engine the process ends. Ctrl-C is the pool's to
+    handle (a terminal sends it to the whole process group): the worker ignores it and is stopped by the pool.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fresh = True
     while True:
         if not _run_engine(conn, model, settings, pinning, fresh=fresh):
