@@ -224,11 +224,13 @@ def _bypassed(method: Any, *, asynchronous: bool) -> Any:
 
 # ---- community VLLM ----------------------------------------------------------------------------------------
 def _install_community_vllm() -> None:
+    """Hook community ``VLLM`` if it is installed. vLLM itself is imported only when a ``VLLM`` is constructed
+    (it imports vLLM then anyway), so entering a block stays fast."""
     try:
         from langchain_community.llms.vllm import VLLM
     except ImportError:
         return
-    original_generate = VLLM._generate
+    original_generate, original_init = VLLM._generate, VLLM.__init__
 
     def _generate(self: Any, prompts: list[str], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> Any:
@@ -238,13 +240,25 @@ def _install_community_vllm() -> None:
         served = self.model_copy(update={"client": PoolCompletionClient(self.model)})
         return original_generate(served, prompts, stop, run_manager, **kwargs)
 
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _hook_vllm_llm()
+        original_init(self, *args, **kwargs)
+
     VLLM._generate = _generate  # type: ignore[method-assign]
+    VLLM.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _hook_vllm_llm() -> None:
+    """``vllm.LLM`` as code that imports it sees it: inside a block, a pool client that loads nothing; outside,
+    vLLM's own (once per process)."""
     import vllm
 
     real_llm = vllm.LLM
+    if getattr(real_llm, "_samullm_hook", False):
+        return
 
     class _LLMInsideBlocks(real_llm):  # type: ignore[misc, valid-type]
-        """``vllm.LLM`` as seen by code that imports it: inside a block, a pool client that loads nothing."""
+        _samullm_hook = True
 
         def __new__(cls, *args: Any, **kwargs: Any) -> Any:
             if active_session() is not None:

@@ -107,7 +107,7 @@ class OfflineSession:
         intercept.install()
         sites.register()
         if self.names is not None:
-            self._ensure_pool(sorted(set(self.names.values())))
+            self._serve_models(sorted(set(self.names.values())))
         self.is_open = True
         if process_wide:
             with _open_lock:
@@ -195,23 +195,24 @@ class OfflineSession:
         return report
 
     # ---- the pool ------------------------------------------------------------------------------------
-    def _ensure_pool(self, models: list[str]) -> EnginePool:
+    def _serve_models(self, models: list[str]) -> EnginePool:
+        """The block's pool, started for ``models`` or, if running, serving them from now on (any thread)."""
         with self._pool_lock:
+            missing = [m for m in models if self.pool is None or m not in self.pool.models]
+            profiles = self._measured_profiles(missing)
             if self.pool is None:
-                profiles = {**self._profiles, **self._measured_profiles(models)}
-                pool = EnginePool(None, self.cluster, models=models, profiles=profiles, **self._pool_options)
+                pool = EnginePool(None, self.cluster, models=models, profiles={**self._profiles, **profiles},
+                                  **self._pool_options)
                 self.pool = pool.start()
+            else:
+                for model in missing:
+                    self.pool.add_model(model, profiles.get(model))
             return self.pool
 
     def _add_model(self, name: str) -> None:
         """Serve a client's model by its own name (no ``models=`` given): a tiny model, a folder, a cached id."""
         try:
-            if self.pool is None:
-                self._ensure_pool([name])
-                return
-            with self._pool_lock:
-                profile = self._measured_profiles([name]).get(name)
-                self.pool.add_model(name, profile)
+            self._serve_models([name])
         except SamullmError as exc:
             raise UnknownClientModelError(
                 f"a LangChain client asks for model {name!r}, which cannot be served here ({exc}); map the name "
@@ -223,7 +224,7 @@ class OfflineSession:
             return {}
         from samullm_lc.profiling.pool_profiles import pool_profiles
 
-        return pool_profiles([m for m in models if m not in self._profiles])
+        return pool_profiles([m for m in models if m not in self._profiles]) if models else {}
 
 
 def offline(

@@ -2,9 +2,10 @@
 
 A handler registered once per process with LangChain's configure hook joins every run started while a block is
 active (the ContextVar ``_handler`` is set per block). When a chat model or LLM run starts, it notes the run's
-site (the model name LangChain reports, the run's step tags such as ``seq:step:2`` / ``map:key:a`` /
-``branch:1``, and its LangGraph node) in a ContextVar of the calling context; the call the client then sends
-is counted under that site, and the note is cleared when the run ends. The tracing layer builds the app graph
+step (its tags such as ``seq:step:2`` / ``map:key:a`` / ``branch:1``, and its LangGraph node) in a ContextVar
+of the calling context; the call the client then sends is counted under its model and that step, and the
+note is cleared when the run ends. Two runs at the same step of a pipeline with the same model (the branches
+of a ``RunnableParallel`` have no tag of their own) share a site. The tracing layer builds the app graph
 on the same records.
 """
 
@@ -33,11 +34,11 @@ class CallSiteRecorder(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized: dict[str, Any], messages: Any, *, tags: list[str] | None = None,
                             metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        _site.set(site_of(tags, metadata))
+        _site.set(step_of(tags, metadata))
 
     def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, tags: list[str] | None = None,
                      metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        _site.set(site_of(tags, metadata))
+        _site.set(step_of(tags, metadata))
 
     def on_llm_end(self, response: Any, **kwargs: Any) -> None:
         _site.set(None)
@@ -46,18 +47,18 @@ class CallSiteRecorder(BaseCallbackHandler):
         _site.set(None)
 
 
-def site_of(tags: list[str] | None, metadata: dict[str, Any] | None) -> str:
-    """``"MODEL [node:NODE] [step tags]"`` for a run's tags and metadata."""
-    metadata = metadata or {}
+def step_of(tags: list[str] | None, metadata: dict[str, Any] | None) -> str:
+    """``"[node:NODE] [step tags]"``: where a run sits in its pipeline, from its tags and metadata."""
     steps = sorted({t for t in tags or [] if t.startswith(STEP_TAG_PREFIXES)})
-    node = metadata.get("langgraph_node")
-    return " ".join([str(metadata.get("ls_model_name") or "?"), *([f"node:{node}"] if node else []), *steps])
+    node = (metadata or {}).get("langgraph_node")
+    return " ".join([*([f"node:{node}"] if node else []), *steps])
 
 
 def current_site(model: str) -> str:
-    """The site of the call being sent from this context (its model's name alone if no run noted one)."""
-    site = _site.get()
-    return site if site is not None and site.split(" ", 1)[0] in (model, "?") else model
+    """The site of the call being sent from this context: the model the client names, and the step of the
+    run that is calling (none for a call made outside LangChain's runs)."""
+    step = _site.get()
+    return f"{model} {step}" if step else model
 
 
 def register() -> None:

@@ -187,6 +187,8 @@ class Driver:
         self._given_up: dict[str, str] = {}  # model -> why its requests are abandoned
         self._pending_journal: list[tuple[str, GenerationResult]] = []
         self._needs_replan: str | None = None
+        self._seen_by_plan: set[str] = set()  # models with queued requests when the last plan was made: a plan
+        # that left one without an engine chose to, so more of its requests arriving do not re-plan again
         self._last_progress = 0.0
         self.report = RunReport(backend=backend.name, cluster=str(cluster), planner=settings.planner)
         self._model_records = {m: _ModelCounters(model=m) for m in models}
@@ -312,7 +314,7 @@ class Driver:
         beyond_app = request.node in self._extras
         unserved = not self._engines_of(request.model) and not any(
             spec.model == request.model for spec, _ in self._waiting_starts)
-        if beyond_app and self._plan is not None and unserved:
+        if beyond_app and self._plan is not None and unserved and request.model not in self._seen_by_plan:
             self._needs_replan = self._needs_replan or (
                 f"requests beyond the app graph arrived for {request.model}, which no engine runs")
 
@@ -629,6 +631,7 @@ class Driver:
 
     def _replan(self, reason: str) -> None:
         self._needs_replan = None
+        self._seen_by_plan = {model for model, queue in self._queues.items() if queue}
         app = self.current_app()
         if app is None:
             return

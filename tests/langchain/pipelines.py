@@ -174,8 +174,6 @@ PIPELINES: dict[str, Pipeline] = {p.name: p for p in [
     Pipeline("map_reduce", map_reduce_pipeline, (SMALL, MEDIUM)),
     Pipeline("graph_loop", graph_loop_pipeline, (QWEN, SMALL)),
 ]}
-"""Order that restarts the fewest servers in a session (two per core): ensemble and map_reduce share a pair."""
-SERVER_ORDER = ["ensemble", "map_reduce", "chain_summary", "router", "graph_loop"]
 
 
 _WORDS = ("the", "a", "of", "to", "and", "in", "is", "that", "it", "for", "on", "with", "as", "was", "by", "at",

@@ -10,19 +10,14 @@ objects' builders run inside one ``offline()`` block that serves all three model
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from pipelines import MEDIUM, PIPELINES, QWEN, SMALL, make_inputs
+from reference_servers import ReferenceServerPool
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import samullm_lc as samullm  # noqa: E402
-from pipelines import MEDIUM, PIPELINES, QWEN, SMALL, make_inputs  # noqa: E402
-from reference_servers import ReferenceServerPool  # noqa: E402
-
-from samullm_lc.tinymodels.seeded import ensure_seeded_tiny_model  # noqa: E402
+import samullm_lc as samullm
+from samullm_lc.tinymodels.seeded import ensure_seeded_tiny_model
 
 pytestmark = pytest.mark.engine
 

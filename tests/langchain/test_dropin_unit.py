@@ -87,7 +87,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def make(models: tuple[str, ...] = ("m",), hold: int = 0, **options: Any) -> OfflineSession:
         session = samullm.offline(models=list(models), backend="sim", devices="8xA100-80GB", **options)
-        monkeypatch.setattr(session, "_ensure_pool", lambda names: None)
+        monkeypatch.setattr(session, "_serve_models", lambda names: session.pool)
         session.pool = FakePool(list(models), hold)  # type: ignore[assignment]
         session.__enter__()
         sessions.append(session)

@@ -15,10 +15,10 @@ Run under ``flock /tmp/samullm-engine.lock`` on a shared machine (the integratio
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import pytest
+from json_bias import json_punctuation_bias
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -42,26 +42,6 @@ pytestmark = pytest.mark.filterwarnings(
     # the class-level asyncio mark (this project runs pytest-asyncio in strict mode) reaches the sync tests too
     "ignore:The test <Function .* is marked with '@pytest.mark.asyncio' but it is not an async function")
 
-
-@cache
-def _json_punctuation_bias() -> dict[str, int]:
-    """``logit_bias`` that makes the JSON punctuation ``" : , }`` win every tie in tiny-llama-s's tokenizer.
-
-    Inside a JSON string the grammar allows almost every byte, and the random model at temperature 0 never picks
-    the closing quote (measured: 512 and 1,900 tokens of string or of whitespace, finish_reason 'length'). With
-    the bias it closes each string at once; vLLM's structured-output grammar still decides which punctuation is
-    allowed, so the answer is the schema's JSON with empty strings and the tests check our plumbing, not luck."""
-    from transformers import AutoTokenizer
-
-    from samullm_lc.tinymodels.build import ensure_tiny_model
-
-    tokenizer = AutoTokenizer.from_pretrained(str(ensure_tiny_model(MODEL)))
-    bias = {}
-    for text in ('"', ":", ",", "}"):
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        assert len(ids) == 1, (text, ids)
-        bias[str(ids[0])] = 100
-    return bias
 
 
 class _Flags:
@@ -169,7 +149,7 @@ class TestChatSamullmIntegration(_Flags, ChatModelIntegrationTests):
         extra = getattr(request, "param", None) or {}
         params = {**self.standard_chat_model_params, **self.chat_model_params, **extra}
         if "structured_output" in request.node.name:
-            params.update(max_tokens=STRUCTURED_MAX_TOKENS, extra_body={"logit_bias": _json_punctuation_bias()})
+            params.update(max_tokens=STRUCTURED_MAX_TOKENS, extra_body={"logit_bias": json_punctuation_bias(MODEL)})
         return self.chat_model_class(**params)
 
     # ---- random weights ---------------------------------------------------------------------------------
