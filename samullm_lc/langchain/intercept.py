@@ -25,6 +25,7 @@ from typing import Any
 
 from samullm_lc.errors import SamullmError
 from samullm_lc.langchain.session import OfflineSession, UnknownClientModelError, active_session
+from samullm_lc.runtime.backends.openai_server import error_body
 from samullm_lc.runtime.requests import RequestError
 
 HTTP_MODULES = ("httpx2", "httpx")
@@ -108,6 +109,8 @@ def _prepare(http: ModuleType, session: OfflineSession, request: Any) -> Any:
     except SamullmError as exc:
         status = 404 if isinstance(exc, UnknownClientModelError) else 400
         return _error(http, request, status, str(exc))
+    except Exception as exc:  # e.g. measuring a model's profile failed: the call fails, with the reason, as HTTP
+        return _error(http, request, 500, f"samullm offline(): {type(exc).__name__}: {exc}")
 
 
 def _response(http: ModuleType, request: Any, result: Any) -> Any:
@@ -119,55 +122,34 @@ def _response(http: ModuleType, request: Any, result: Any) -> Any:
 
 def _error(http: ModuleType, request: Any, status: int, message: str) -> Any:
     """An error response shaped as vLLM's server shapes one (the SDK raises its own error type for it)."""
-    kind = {400: "BadRequestError", 404: "NotFoundError"}.get(status, "InternalServerError")
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}})
-    return http.Response(status, content=body.encode(), request=request,
+    return http.Response(status, content=error_body(message, status).encode(), request=request,
                          headers={"content-type": "application/json"})
 
 
 # ---- completion models' batch ------------------------------------------------------------------------------
 def _install_llm_batch() -> None:
-    """Inside a block a completion model's ``batch`` sends every prompt in one ``generate`` call (its own way of
-    batching), whatever ``max_concurrency`` the block sets: LangChain's ``BaseLLM.batch`` splits by
-    ``max_concurrency`` and re-enters itself, which the block's inherited setting would repeat forever."""
+    """Inside a block a completion model's ``batch``/``abatch`` run each input on its own (LangChain's per-input
+    path for runnables, on ``max_concurrency`` threads or tasks), as chat models do: every prompt reaches the
+    pool at once and a prompt the engine refuses fails only its input. ``BaseLLM.batch`` would instead send
+    every prompt in one ``generate`` (one refused prompt fails them all) and, with the block's inherited
+    ``max_concurrency``, split and re-enter itself forever."""
     from langchain_core.language_models import BaseLLM
-    from langchain_core.runnables.config import var_child_runnable_config
+    from langchain_core.runnables import Runnable
 
     batch, abatch = BaseLLM.batch, BaseLLM.abatch
 
-    def unlimited(config: Any) -> Any:
-        if isinstance(config, list):
-            return [unlimited(c) for c in config]
-        return {k: v for k, v in (config or {}).items() if k != "max_concurrency"} if config is not None else None
-
-    def strip_inherited() -> Any:
-        inherited = var_child_runnable_config.get()
-        if not inherited or "max_concurrency" not in inherited:
-            return None
-        return var_child_runnable_config.set(unlimited(inherited))
-
-    def batch_all(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+    def batch_per_input(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
         if active_session() is None:
             return batch(self, inputs, config, **kwargs)
-        token = strip_inherited()
-        try:
-            return batch(self, inputs, unlimited(config), **kwargs)
-        finally:
-            if token is not None:
-                var_child_runnable_config.reset(token)
+        return Runnable.batch(self, inputs, config, **kwargs)
 
-    async def abatch_all(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
+    async def abatch_per_input(self: Any, inputs: list[Any], config: Any = None, **kwargs: Any) -> Any:
         if active_session() is None:
             return await abatch(self, inputs, config, **kwargs)
-        token = strip_inherited()
-        try:
-            return await abatch(self, inputs, unlimited(config), **kwargs)
-        finally:
-            if token is not None:
-                var_child_runnable_config.reset(token)
+        return await Runnable.abatch(self, inputs, config, **kwargs)
 
-    BaseLLM.batch = batch_all  # type: ignore[method-assign]
-    BaseLLM.abatch = abatch_all  # type: ignore[method-assign]
+    BaseLLM.batch = batch_per_input  # type: ignore[method-assign]
+    BaseLLM.abatch = abatch_per_input  # type: ignore[method-assign]
 
 
 # ---- rate limiters -----------------------------------------------------------------------------------------

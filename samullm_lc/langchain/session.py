@@ -40,6 +40,8 @@ _open_sessions: list[OfflineSession] = []  # innermost last: what threads outsid
 _open_lock = threading.Lock()
 
 
+BLOCK_ENDED = ("the offline() block this call was made in has ended (or is ending): make LLM calls inside the "
+               "block, and let every task and thread that makes them finish before leaving it")
 ActiveTokens = tuple[contextvars.Token, "contextvars.Token | None", contextvars.Token]
 """What ``activate`` set (the session, LangChain's concurrency setting, the call-site recorder), to undo it."""
 
@@ -51,8 +53,8 @@ class UnknownClientModelError(ConfigError):
 def active_session() -> OfflineSession | None:
     """The session serving this thread or coroutine: its own block's, else the innermost open one."""
     session = _current.get()
-    if session is not None and session.is_open:
-        return session
+    if session is not None:
+        return session  # closed or not: a call made in a block's context never goes past it to the network
     with _open_lock:
         return _open_sessions[-1] if _open_sessions else None
 
@@ -81,7 +83,8 @@ class OfflineSession:
         self.max_concurrency = max_concurrency
         self.cluster = _cluster(devices)
         self.backend = check_backend(backend)
-        self._pool_options = dict(journal=journal, backend=backend, planner=planner, progress=progress, seed=seed)
+        self._pool_options = {"journal": journal, "backend": backend, "planner": planner, "progress": progress,
+                              "seed": seed}
         self._profiles = dict(profiles or {})
         self.pool: EnginePool | None = None
         self._pool_lock = threading.Lock()
@@ -90,6 +93,7 @@ class OfflineSession:
         self._tokens: list[ActiveTokens] = []
         self.is_open = False
         self._final_report: RunReport | None = None
+        self._closed = False  # closed (or closing): no pool may start any more
         self._interrupt_handler: tuple[Any, Any] | None = None  # (ours, the one it replaced)
 
     # ---- the block -----------------------------------------------------------------------------------
@@ -104,8 +108,12 @@ class OfflineSession:
         the block's context are served too (an ``offline()`` block; a ``wrap()``-ed chain serves its own calls)."""
         from samullm_lc.langchain import intercept
 
+        if self.is_open:
+            raise ConfigError("this offline() block is already open; nest a new samullm.offline(...) instead of "
+                              "entering the same one twice")
         intercept.install()
         sites.register()
+        self._closed = False
         if self.names is not None:
             self._serve_models(sorted(set(self.names.values())))
         self.is_open = True
@@ -129,13 +137,15 @@ class OfflineSession:
             _reset(var_child_runnable_config, config_token)
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        self.close(cancel=exc_type is not None and not issubclass(exc_type, Exception))
+        self.close(cancel=exc_type is not None)  # leaving by an error: fail what is in flight, stop at once
 
     def close(self, *, cancel: bool = False) -> None:
         """Finish (or, with ``cancel``, fail) what is outstanding and stop every engine."""
-        if not self.is_open:
-            return
-        self.is_open = False
+        with self._pool_lock:  # a thread starting the pool finishes first, so its engines are stopped too
+            if not self.is_open:
+                return
+            self.is_open = False
+            self._closed = True  # and no thread starts another
         with _open_lock:
             if self in _open_sessions:
                 _open_sessions.remove(self)
@@ -167,6 +177,8 @@ class OfflineSession:
 
     def submit_openai(self, route: str, body: dict[str, Any]) -> Future[GenerationResult]:
         """Hand the pool one OpenAI call (the body a client sent a vLLM server); the future holds its result."""
+        if not self.is_open:
+            raise SamullmError(BLOCK_ENDED)
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise ConfigError("the request names no model: set `model=` on the LangChain client")
@@ -178,9 +190,11 @@ class OfflineSession:
                 "tools (with_structured_output(method='json_schema') needs none)")
         model = self.pool_model(name)
         self._count(sites.current_site(name))
-        assert self.pool is not None
+        pool = self.pool
+        if pool is None:
+            raise SamullmError(BLOCK_ENDED)
         call = {"route": route, "body": body, "tool_parser": self.tool_parser}
-        return self.pool.submit(model, openai=call)
+        return pool.submit(model, openai=call)
 
     def _count(self, site: str) -> None:
         with self._sites_lock:
@@ -198,6 +212,8 @@ class OfflineSession:
     def _serve_models(self, models: list[str]) -> EnginePool:
         """The block's pool, started for ``models`` or, if running, serving them from now on (any thread)."""
         with self._pool_lock:
+            if self._closed:
+                raise SamullmError(BLOCK_ENDED)
             missing = [m for m in models if self.pool is None or m not in self.pool.models]
             profiles = self._measured_profiles(missing)
             if self.pool is None:
@@ -341,6 +357,8 @@ def _on_interrupt(session: OfflineSession) -> tuple[Any, Any] | None:
     previous = signal.getsignal(signal.SIGINT)
 
     def interrupted(signum: int, frame: Any) -> Any:
+        if previous == signal.SIG_IGN:  # Ctrl-C was ignored before the block: it still is
+            return None
         if session.pool is not None:
             session.pool.cancel()
         if callable(previous):

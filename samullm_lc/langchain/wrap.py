@@ -9,7 +9,8 @@ chain's own calls (and what they start) are served: other LangChain code of the 
 
 from __future__ import annotations
 
-import atexit
+import asyncio
+import contextvars
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from samullm_lc.errors import ConfigError
 from samullm_lc.langchain.session import OfflineSession, offline
 from samullm_lc.runtime.report import RunReport
 
@@ -26,21 +28,20 @@ class PoolRunnable(Runnable):
 
     def __init__(self, chain: Runnable, session: OfflineSession) -> None:
         if not isinstance(chain, Runnable):
-            raise TypeError(f"wrap() takes a LangChain Runnable (an LCEL chain or a compiled LangGraph graph), "
+            raise ConfigError(f"wrap() takes a LangChain Runnable (an LCEL chain or a compiled LangGraph graph), "
                             f"got {type(chain).__name__}")
         self.chain = chain
         self.session = session
         self.name = f"samullm({chain.get_name()})"
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, session.close)
-        atexit.register(self._finalizer)
+        self._finalizer = weakref.finalize(self, session.close)  # also runs at interpreter exit
 
     @property
-    def InputType(self) -> Any:  # noqa: N802 (LangChain's name)
+    def InputType(self) -> Any:  # LangChain's name
         return self.chain.InputType
 
     @property
-    def OutputType(self) -> Any:  # noqa: N802
+    def OutputType(self) -> Any:
         return self.chain.OutputType
 
     def get_input_schema(self, config: RunnableConfig | None = None) -> Any:
@@ -50,11 +51,15 @@ class PoolRunnable(Runnable):
         return self.chain.get_output_schema(config)
 
     # ---- the pool ------------------------------------------------------------------------------------
-    def _served(self) -> Any:
+    def _open(self) -> OfflineSession:
+        """The wrapper's session, its pool started at the first call."""
         with self._lock:
             if not self.session.is_open:
                 self.session.open(process_wide=False)
-        return _Active(self.session)
+        return self.session
+
+    def _served(self) -> Any:
+        return _Active(self._open())
 
     def report(self) -> RunReport:
         return self.session.report()
@@ -89,14 +94,33 @@ class PoolRunnable(Runnable):
             return await self.chain.abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
-        with self._served():
-            yield from self.chain.stream(input, config, **kwargs)
+        """Each chunk is produced in a context of its own, so the caller's code between chunks is not served."""
+        context = self._served_context()
+        chunks = context.run(self.chain.stream, input, config, **kwargs)
+        done = object()
+        while (chunk := context.run(next, chunks, done)) is not done:
+            yield chunk
 
     async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
                       ) -> AsyncIterator[Any]:
-        with self._served():
-            async for chunk in self.chain.astream(input, config, **kwargs):
-                yield chunk
+        context = self._served_context()
+        chunks = context.run(self.chain.astream, input, config, **kwargs)
+
+        async def next_chunk() -> Any:
+            return await chunks.__anext__()
+
+        while True:
+            try:
+                chunk = await asyncio.create_task(next_chunk(), context=context)
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+    def _served_context(self) -> contextvars.Context:
+        """A copy of the caller's context in which this wrapper's session is active."""
+        context = contextvars.copy_context()
+        context.run(self._open().activate)
+        return context
 
 
 class _Active:

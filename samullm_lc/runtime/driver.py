@@ -295,6 +295,8 @@ class Driver:
         journal's key and lookup) happens before any bookkeeping changes."""
         if request.model in self._given_up:
             raise PoolError(self._given_up[request.model])
+        if not future.set_running_or_notify_cancel():
+            return  # the caller cancelled it before it was taken in: nothing to run, nobody waiting
         if request.model not in self._queues:  # a model the pool took on after it started (``add_model``)
             self._queues[request.model] = deque()
             self._model_records[request.model] = _ModelCounters(model=request.model)

@@ -28,7 +28,7 @@ import numpy as np
 
 from samullm_lc.costmodel.architecture import resolve_architecture
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import ConfigError, PoolError
+from samullm_lc.errors import ConfigError, PoolError, UnknownModelError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
@@ -45,7 +45,7 @@ from samullm_lc.runtime.requests import (
     SamplingSpec,
     normalise_prompt,
 )
-from samullm_lc.runtime.vllm_engine import EngineSettings, engine_settings_for
+from samullm_lc.runtime.vllm_engine import EngineSettings, engine_settings_for, local_model_folder
 
 DEFAULT_CPU_KV_CACHE_BYTES = 128 * 2**20
 DEFAULT_CPU_MAX_MODEL_LEN = 2048
@@ -96,7 +96,7 @@ class EnginePool:
         if self.cluster.spec.kind != "cpu":
             for model in self.models:
                 if model not in self.profiles:
-                    resolve_architecture(model)
+                    model_architecture(model)
             return
         missing = [m for m in self.models if m not in self.profiles]
         if missing:
@@ -140,7 +140,7 @@ class EnginePool:
         if self.cluster.spec.kind == "cpu" and model not in self.profiles:
             raise ConfigError(f"model {model!r} has no engine profile (see samullm_lc.profiling.pool_profile)")
         if self.cluster.spec.kind != "cpu" and model not in self.profiles:
-            resolve_architecture(model)
+            model_architecture(model)
         if self._settings_for is not None:
             self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
         self._progress.add_model(model)
@@ -269,6 +269,15 @@ class EnginePool:
         if batch_sizes:
             report.step_batch_sizes = {model: dict(sorted(counts.items())) for model, counts in batch_sizes.items()}
         return report
+
+
+def model_architecture(model: str) -> Any:
+    """A model's architecture: from the catalogue, a folder, or the config of a Hugging Face id in the local
+    cache (a fine-tune the catalogue does not name)."""
+    try:
+        return resolve_architecture(model)
+    except UnknownModelError:
+        return resolve_architecture(local_model_folder(model))
 
 
 def check_backend(name: str) -> str:

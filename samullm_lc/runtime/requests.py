@@ -129,6 +129,9 @@ class OpenAICall(BaseModel):
         needed = "messages" if self.route == "chat.completions" else "prompt"
         if needed not in self.body:
             raise ValueError(f"a {self.route} body needs '{needed}'")
+        if self.body.get("use_beam_search"):
+            raise ValueError("beam search is not served by the engine pool (each of its rounds starts new engine "
+                             "requests outside the pool's schedule); leave use_beam_search off")
         return self
 
     def sampling_hint(self) -> SamplingSpec:

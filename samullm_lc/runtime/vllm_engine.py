@@ -103,11 +103,12 @@ def tiny_folder_kwargs(folder: str) -> dict[str, Any]:
     """A folder written by ``tinymodels`` (e.g. ``ensure_seeded_tiny_model``) runs as its spec says: its dtype
     always (vLLM's ``auto`` would downcast float32), dummy weights unless the folder holds weights."""
     from samullm_lc.tinymodels.build import SPEC_FILE
+    from samullm_lc.tinymodels.seeded import is_tiny_model_folder
     from samullm_lc.tinymodels.specs import TinyModelSpec
 
-    spec_file = Path(folder) / SPEC_FILE
-    if not spec_file.is_file():
+    if not is_tiny_model_folder(folder):
         return {}
+    spec_file = Path(folder) / SPEC_FILE
     kwargs = TinyModelSpec.model_validate_json(spec_file.read_text()).vllm_kwargs()
     if any(Path(folder).glob("*.safetensors")):
         kwargs["load_format"] = "auto"

@@ -61,4 +61,4 @@ def is_tiny_model_folder(folder: str | Path) -> bool:
     return (Path(folder) / SPEC_FILE).is_file()
 
 
-__all__ = ["ensure_seeded_tiny_model", "is_tiny_model_folder", "default_cache_dir"]
+__all__ = ["default_cache_dir", "ensure_seeded_tiny_model", "is_tiny_model_folder"]

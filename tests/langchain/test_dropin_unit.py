@@ -113,11 +113,24 @@ def test_a_chat_client_is_served_by_the_pool_with_its_own_request(served: Any) -
     assert session.pool.calls[0]["route"] == "chat.completions"
 
 
-def test_a_completion_client_batch_sends_every_prompt_in_one_generate(served: Any) -> None:
+def test_a_completion_client_batch_runs_each_input_on_its_own(served: Any) -> None:
     session = served()
-    llm = OpenAI(model="m", base_url=URL, api_key="EMPTY", max_retries=0, batch_size=100)
+    llm = OpenAI(model="m", base_url=URL, api_key="EMPTY", max_retries=0)
     assert llm.batch(["a", "b", "c"]) == ["echo: a", "echo: b", "echo: c"]  # no endless re-splitting
-    assert sum(1 for c in session.pool.calls if c["route"] == "completions") == 1
+    assert sum(1 for c in session.pool.calls if c["route"] == "completions") == 3
+    answer = session.pool.submit
+
+    def refuse_b(model: str, *, openai: dict[str, Any]) -> Future:
+        if openai["body"]["prompt"] != ["b"]:
+            return answer(model, openai=openai)
+        future: Future = Future()
+        future.set_exception(RequestError("VLLMValidationError: prompt too long"))
+        return future
+
+    session.pool.submit = refuse_b
+    results = llm.batch(["a", "b", "c"], return_exceptions=True)
+    assert results[0] == "echo: a" and results[2] == "echo: c"  # a refused prompt fails only its input
+    assert isinstance(results[1], openai.BadRequestError)
 
 
 @pytest.mark.timeout(60)  # a pipeline that sent fewer calls at once would wait for answers forever
@@ -260,3 +273,20 @@ def test_hooks_install_once() -> None:
     send = httpx2.Client.send
     intercept.install()
     assert httpx2.Client.send is send
+
+
+def test_langchain_keeps_its_cache_bind_and_config(served: Any) -> None:
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import get_llm_cache, set_llm_cache
+
+    session = served()
+    previous = get_llm_cache()
+    set_llm_cache(InMemoryCache())
+    try:
+        client = chat(temperature=0)
+        first, second = client.invoke("cached?"), client.invoke("cached?")
+        assert first.content == second.content and len(session.pool.calls) == 1  # the second came from the cache
+    finally:
+        set_llm_cache(previous)
+    chat().bind(stop=["END"]).with_config(tags=["mine"]).invoke("bound")
+    assert session.pool.calls[-1]["body"]["stop"] == ["END"]

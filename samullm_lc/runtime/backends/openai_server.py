@@ -13,18 +13,23 @@ own event stream, produced at the end in one piece (every token's chunk, deliver
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTES = ("chat.completions", "completions")
+from samullm_lc.runtime.requests import OPENAI_ROUTES
+
+CLOSE_WAIT_SECONDS = 1.0
+"""How long closing waits for the cancelled calls' serving code to wind up."""
 SETTLE_TURNS = 3
 """Event-loop turns run after a call's first engine request, so its other prompts reach the engine too."""
-"""The OpenAI routes served: ``/v1/chat/completions`` and ``/v1/completions``."""
 
 EngineAdd = Callable[[str, Any, Any], None]
 """Adds a request to the worker's engine: (engine request id, engine input, ``SamplingParams``)."""
+EngineAbort = Callable[[str], None]
+"""Takes a request out of the worker's engine (its engine request id) if it is still there."""
 
 
 @dataclass(slots=True)
@@ -58,9 +63,10 @@ class ServedResult:
 class _SteppedEngineClient:
     """The part of vLLM's ``EngineClient`` the serving classes use, over an engine the worker steps."""
 
-    def __init__(self, engine: Any, add: EngineAdd, calls: dict[str, ServedCall]) -> None:
+    def __init__(self, engine: Any, add: EngineAdd, abort: EngineAbort, calls: dict[str, ServedCall]) -> None:
         self._engine = engine
         self._add = add
+        self._abort = abort
         self._calls = calls
         self.model_config = engine.model_config
         self.vllm_config = engine.vllm_config
@@ -82,25 +88,25 @@ class _SteppedEngineClient:
         output = call.outputs[engine_id] = asyncio.get_running_loop().create_future()
         self._add(engine_id, prompt, sampling_params)
         call.entered.set()
-        yield await output
+        try:
+            yield await output
+        finally:
+            if not output.done():  # the serving code gave up on it (a sibling prompt failed, or cancelled)
+                self._abort(engine_id)
 
 
-_current_call: Any = None  # a ContextVar, made with the first server (vLLM is imported only in workers)
+_current_call: contextvars.ContextVar[str] = contextvars.ContextVar("samullm_openai_call")
+"""The call whose serving task is running (each task runs in its own copy of the context)."""
 
 
 class OpenAIServer:
     """vLLM's chat and completion serving over one worker engine; the worker drives it step by step."""
 
-    def __init__(self, llm: Any, add: EngineAdd) -> None:
-        global _current_call
-        import contextvars
-
-        if _current_call is None:
-            _current_call = contextvars.ContextVar("samullm_openai_call")
+    def __init__(self, llm: Any, add: EngineAdd, abort: EngineAbort) -> None:
         self.loop = asyncio.new_event_loop()
         self.calls: dict[str, ServedCall] = {}
         self._engine = llm.llm_engine
-        self._client = _SteppedEngineClient(self._engine, add, self.calls)
+        self._client = _SteppedEngineClient(self._engine, add, abort, self.calls)
         self._servings: dict[tuple[str, str | None], tuple[Any, Any]] = {}
         self._finished: list[ServedResult] = []
 
@@ -146,10 +152,12 @@ class OpenAIServer:
             call.task.cancel()
 
     def close(self) -> None:
-        for call in self.calls.values():
-            if call.task is not None and not call.task.done():
-                call.task.cancel()
-        self.loop.run_until_complete(asyncio.sleep(0))
+        """Cancel the calls still in flight (the pool re-runs them elsewhere) and close the event loop."""
+        tasks = [c.task for c in self.calls.values() if c.task is not None and not c.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self.loop.run_until_complete(asyncio.wait(tasks, timeout=CLOSE_WAIT_SECONDS))
         self.loop.close()
 
     # ---- one call -------------------------------------------------------------------------------------
@@ -160,7 +168,7 @@ class OpenAIServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the server answers 500 with the error; so do we
-            status, text = 500, _error_body(f"{type(exc).__name__}: {exc}", 500)
+            status, text = 500, error_body(f"{type(exc).__name__}: {exc}", 500)
         finally:
             call.entered.set()
             self.calls.pop(str(call.request_id), None)
@@ -176,13 +184,13 @@ class OpenAIServer:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
-        if route not in ROUTES:
-            return 404, _error_body(f"route {route!r} is not served; served: {', '.join(ROUTES)}", 404)
+        if route not in OPENAI_ROUTES:
+            return 404, error_body(f"route {route!r} is not served; served: {', '.join(OPENAI_ROUTES)}", 404)
         request_type = ChatCompletionRequest if route == "chat.completions" else CompletionRequest
         try:
             request = request_type.model_validate(body)
         except ValidationError as exc:
-            return 400, _error_body(_validation_message(exc), 400)
+            return 400, error_body(_validation_message(exc), 400)
         chat, completion = self._serving(request.model, tool_parser)
         create = chat.create_chat_completion if route == "chat.completions" else completion.create_completion
         response = await create(request, None)
@@ -225,14 +233,14 @@ async def _all_set(events: list[asyncio.Event]) -> None:
         await event.wait()
 
 
-def _error_body(message: str, code: int) -> str:
+def error_body(message: str, code: int) -> str:
     """An error body shaped as vLLM's server shapes one."""
     kind = {400: "BadRequestError", 404: "NotFoundError"}.get(code, "InternalServerError")
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
 def error_message(body: str) -> str:
-    """The message of an error body (as ``_error_body`` and vLLM's server shape them)."""
+    """The message of an error body (as ``error_body`` and vLLM's server shape them)."""
     try:
         return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
@@ -240,6 +248,6 @@ def error_message(body: str) -> str:
 
 
 def _validation_message(exc: Exception) -> str:
-    errors = getattr(exc, "errors", lambda: [])()
+    errors = getattr(exc, "errors", list)()
     parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]]
     return "; ".join(parts) or str(exc)

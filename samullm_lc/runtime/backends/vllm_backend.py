@@ -52,6 +52,7 @@ class _Worker:
     conn: Connection
     in_flight: set[int] = field(default_factory=set)
     stopping: bool = False
+    ready: bool = False  # its engine finished loading (until then it reads no message)
 
 
 @dataclass(slots=True)
@@ -178,6 +179,7 @@ class VllmBackend:
             while worker.conn.poll():
                 kind, payload = worker.conn.recv()
                 if kind == "ready":
+                    worker.ready = True
                     seconds, fresh = payload
                     events.append(EngineReady(engine_id, float(seconds), fresh_process=bool(fresh)))
                 elif kind == "done":
@@ -222,7 +224,12 @@ class VllmBackend:
         return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure, permanent=permanent)
 
     def close(self) -> None:
-        for engine_id in list(self._workers):
+        for engine_id, worker in list(self._workers.items()):
+            if not worker.ready and not worker.in_flight:  # still loading, nothing to lose: no need to wait
+                worker.process.kill()
+                self._exiting.append(worker.process)
+                self._workers.pop(engine_id)
+                continue
             self.stop_engine(engine_id)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while self._workers and time.monotonic() < deadline:

@@ -252,15 +252,25 @@ class WorkerEngine:
 
     def _openai_server(self) -> OpenAIServer:
         if self.server is None:
-            self.server = OpenAIServer(self.llm, self._engine_add)
+            self.server = OpenAIServer(self.llm, self._engine_add, self._engine_abort)
         return self.server
+
+    def _engine_abort(self, external_id: str) -> None:
+        """Take one engine request of an OpenAI call out of the engine (its call no longer wants it)."""
+        internal = self.internal.pop(external_id, None)
+        self.ids.pop(external_id, None)
+        if internal is not None:
+            self.engine.abort_request([internal], internal=True)
+        request_id = int(external_id.split(":")[0])
+        self.prepared.get(request_id, {}).pop(external_id, None)
 
     def _served_outcomes(self) -> list[Outcome]:
         """The OpenAI calls vLLM's serving code has answered (a response, or the server's error)."""
         outcomes = []
         for result in self.server.finish():
-            self.items.pop(result.request_id, None)
             self.prepared.pop(result.request_id, None)
+            if self.items.pop(result.request_id, None) is None:
+                continue  # already answered (failed alone after a step failure): report each request once
             error = None if result.status == 200 else error_message(result.body)
             outcomes.append((result.request_id, result.completions, result.prompt_tokens, error, result.body))
         return outcomes
@@ -287,7 +297,8 @@ class WorkerEngine:
                 self.server.deliver(output.request_id, output)
                 delivered = True
                 continue
-            self.items.pop(request_id, None)
+            if self.items.pop(request_id, None) is None:
+                continue  # not ours to report (already answered)
             completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
             finished.append((request_id, completions, len(output.prompt_token_ids or ()), None, None))
         if delivered:
