@@ -7,6 +7,9 @@ Engine profiles live under ``<root>/profiles``, tiny models under ``<root>/tiny-
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from samullm_lc.errors import ConfigError
@@ -27,3 +30,22 @@ def cache_dir(kind: str) -> Path:
     root = os.environ.get(CACHE_ENV_VAR)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "samullm_lc"
     return base / kind
+
+
+def build_cached_folder(target: Path, done_marker: str, write: Callable[[Path], None]) -> Path:
+    """``target``, built by ``write`` into a staging folder beside it and renamed into place atomically.
+    Concurrent builders are safe: the first rename wins, and a later one that finds ``done_marker`` in
+    ``target`` discards its copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent))
+    try:
+        staging.chmod(0o755)
+        write(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / done_marker).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

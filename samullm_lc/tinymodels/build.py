@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from samullm_lc.cache import cache_dir
+from samullm_lc.cache import build_cached_folder, cache_dir
 from samullm_lc.errors import UnknownModelError
 from samullm_lc.tinymodels import specs as _specs_module
 from samullm_lc.tinymodels import tokenizer as _tokenizer_module
@@ -116,17 +113,9 @@ def ensure_tiny_model(name: str, cache_dir: str | Path | None = None) -> Path:
     target = root / f"{spec.name}-{fingerprint(spec)}"
     if (target / SPEC_FILE).is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", suffix=".tmp", dir=root))
-    try:
-        staging.chmod(0o755)
+
+    def write(staging: Path) -> None:
         for file_name, contents in model_files(spec).items():
             (staging / file_name).write_bytes(contents)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / SPEC_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_cached_folder(target, SPEC_FILE, write)

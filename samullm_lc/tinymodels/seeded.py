@@ -11,11 +11,10 @@ engine loads (``load_format="auto"``); greedy answers then differ from prompt to
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from samullm_lc.cache import build_cached_folder
 from samullm_lc.tinymodels.build import SPEC_FILE, default_cache_dir, ensure_tiny_model
 
 WEIGHTS_FILE = "model.safetensors"
@@ -31,20 +30,13 @@ def ensure_seeded_tiny_model(name: str, *, seed: int = 0, cache_dir: str | Path 
     target = root / f"{name}-seeded{seed}-{digest.hexdigest()[:10]}"
     if (target / WEIGHTS_FILE).is_file():
         return target
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-seeded-", suffix=".tmp", dir=root))
-    try:
-        staging.chmod(0o755)
+
+    def write(staging: Path) -> None:
         for file in base.iterdir():
             shutil.copy2(file, staging / file.name)
         _write_weights(staging, seed)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / WEIGHTS_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_cached_folder(target, WEIGHTS_FILE, write)
 
 
 def _write_weights(folder: Path, seed: int) -> None:

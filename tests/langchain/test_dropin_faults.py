@@ -30,6 +30,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from processes import alive
 
 import samullm_lc as samullm
 from samullm_lc.errors import ConfigError, JournalError, SamullmError
@@ -311,19 +312,6 @@ def _journal_rows(path: Path) -> int:
         return 0
 
 
-def _alive(pids) -> list[int]:
-    import psutil
-
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 @engine
 def test_a_script_killed_mid_batch_resumes_from_its_journal_and_recomputes_only_the_rest(tmp_path):
     import psutil
@@ -353,9 +341,9 @@ def test_a_script_killed_mid_batch_resumes_from_its_journal_and_recomputes_only_
         assert 12 <= recorded < n, f"the run must be killed part-way ({recorded} of {n} recorded)"
         # its engine processes notice their pool is gone and exit: none is left holding a core
         deadline = time.monotonic() + 30
-        while _alive(engines) and time.monotonic() < deadline:
+        while alive(engines) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(engines), f"engine processes left after the script was killed: {_alive(engines)}"
+        assert not alive(engines), f"engine processes left after the script was killed: {alive(engines)}"
     finally:
         try:
             os.killpg(child.pid, signal.SIGKILL)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_openai import ChatOpenAI
+from processes import alive
 
 import samullm_lc as samullm
 from samullm_lc.errors import SamullmError
@@ -74,17 +75,6 @@ def _resources() -> dict[str, object]:
             "active_session": active_session()}
 
 
-def _alive(pids) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 # ---- 10. outside any block ----------------------------------------------------------------------------------
 def test_the_pools_own_models_outside_any_block_say_to_use_offline_or_wrap():
     assert active_session() is None
@@ -139,7 +129,7 @@ def test_three_real_blocks_each_serve_a_call_and_leave_no_engine_or_thread():
             engines = set(run.pool.backend.pids().values())
             assert engines and engines <= _children()
         assert run.report().requests_done == 1 and run.pool is None
-        assert not _alive(engines), f"block {k}: engine processes left: {_alive(engines)}"
+        assert not alive(engines), f"block {k}: engine processes left: {alive(engines)}"
         now = _resources()
         assert now["children"] == before["children"], f"block {k}: processes left"
         assert now["threads"] == before["threads"], f"block {k}: threads left"
@@ -161,13 +151,13 @@ def test_nested_blocks_serve_inside_and_the_outer_block_serves_again_after():
                 chat(MODEL).invoke("the inner block does not serve this name")
             inner_engines = set(inner.pool.backend.pids().values())
             assert outer.pool is None
-        assert not _alive(inner_engines)
+        assert not alive(inner_engines)
         assert active_session() is outer
         assert chat(MODEL).invoke("after the inner block").content
         with pytest.raises(openai.NotFoundError, match="'inner'"):
             chat("inner").invoke("the outer block does not serve this name")
         outer_engines = set(outer.pool.backend.pids().values())
-    assert active_session() is None and not _alive(outer_engines)
+    assert active_session() is None and not alive(outer_engines)
     assert inner.report().call_sites == {"inner": 1} and inner.report().requests_done == 1
     assert outer.report().call_sites == {MODEL: 1} and outer.report().requests_done == 1
 
@@ -211,10 +201,10 @@ def test_wrap_serves_invoke_batch_and_abatch_as_offline_does_and_close_stops_its
         assert fast.report().requests_done == 1 + 2 * len(inputs)
     finally:
         fast.close()
-    assert fast.session.pool is None and not _alive(engines)
+    assert fast.session.pool is None and not alive(engines)
     assert fast.report().requests_done == 1 + 2 * len(inputs)
 
     with fast:  # a later call starts a new pool; leaving the with-block stops it
         assert _same(fast.invoke(inputs[0]), expected[0])
         again = set(fast.session.pool.backend.pids().values())
-    assert fast.session.pool is None and not _alive(again)
+    assert fast.session.pool is None and not alive(again)
