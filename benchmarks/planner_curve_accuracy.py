@@ -25,6 +25,7 @@ from pathlib import Path
 
 import common
 import numpy as np
+
 from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.context import PlanningSettings, build_context, build_engines

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
+
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
 from samullm_lc.planner.cluster import Cluster

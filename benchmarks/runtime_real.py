@@ -55,16 +55,17 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 
-import common
+from samullm_lc.errors import RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.backends.base import EngineSpec
 from samullm_lc.runtime.backends.vllm_worker import cpu_pinning_env, pin_process
 from samullm_lc.runtime.pool import EnginePool, default_engine_settings
 from samullm_lc.runtime.report import RunReport
-from samullm_lc.runtime.requests import GenerationResult, RequestError
+from samullm_lc.runtime.requests import GenerationResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"

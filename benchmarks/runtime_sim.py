@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import numpy as np
 
-import common
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.pool import EnginePool

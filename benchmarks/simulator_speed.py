@@ -28,9 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-
 import common
+import numpy as np
 
 from samullm_lc.costmodel import simulator
 from samullm_lc.costmodel.latency.base import IterationLatencyModel

@@ -44,3 +44,7 @@ class JournalError(SamullmError):
 
 class PoolError(SamullmError):
     """The engine pool is not running or its driver failed; the message says why and what to do."""
+
+
+class RequestError(SamullmError):
+    """One request failed (bad input, an engine that could not run it); the message names the request and why."""

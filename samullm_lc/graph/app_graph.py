@@ -20,7 +20,6 @@ from samullm_lc.limits import TOKENS_PER_REQUEST
 from samullm_lc.user_files import read_user_text
 from samullm_lc.validated import ValidatedModel
 
-
 APP_FILE_FIX = ("give an AppGraph JSON such as examples/apps/ensemble.json (scripts/build_paper_apps.py writes the "
                 "paper's apps; docs/paper-apps.md describes the format)")
 

@@ -23,10 +23,9 @@ import threading
 from types import ModuleType
 from typing import Any
 
-from samullm_lc.errors import SamullmError
+from samullm_lc.errors import RequestError, SamullmError
 from samullm_lc.langchain.session import OfflineSession, UnknownClientModelError, active_session
 from samullm_lc.runtime.backends.openai_server import error_body
-from samullm_lc.runtime.requests import RequestError
 
 HTTP_MODULES = ("httpx2", "httpx")
 """The HTTP libraries the OpenAI SDK sends through (each hooked if installed)."""

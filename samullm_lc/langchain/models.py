@@ -23,9 +23,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field
 
-from samullm_lc.errors import SamullmError
+from samullm_lc.errors import RequestError, SamullmError
 from samullm_lc.langchain.session import OfflineSession, active_session
-from samullm_lc.runtime.requests import RequestError
 
 OUTSIDE_BLOCK = ("{cls} is served by samullm's engine pool, which runs only inside `with samullm.offline(...):` "
                  "or through a chain wrapped by `samullm.wrap(chain)`; call it there")

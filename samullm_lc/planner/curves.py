@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from numpy.typing import ArrayLike
 
 from samullm_lc.costmodel.latency.base import IterationLatencyModel

@@ -4,17 +4,32 @@
 GPUs, and the share of their memory when engines share GPUs). A stage ends when its first node finishes;
 unfinished nodes carry their progress into the next stage. Everything is a pydantic model with JSON
 round-trip, and ``Plan.describe()`` prints it for a person.
+
+This is the placement vocabulary the planner and the runtime share: ``ExecutionPlan.replica_devices`` splits
+a plan's devices into its replicas, ``time_sliced`` says an engine computes on a GPU beside another computing
+engine, and ``DeviceMemory`` checks that the engines on each device fit its memory.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
+
+MEMORY_SLACK = 1e-9
+"""Rounding allowance when memory shares on one device are added up."""
 
 
-class ExecutionPlan(BaseModel):
-    """How one model runs: tensor-parallel degree x data-parallel replicas on the listed GPUs."""
+class ExecutionPlan(ValidatedModel):
+    """How one model runs: tensor-parallel degree x data-parallel replicas on the listed GPUs.
+
+    ``memory_fraction`` below 1 without ``time_sliced`` leaves the rest of the GPUs' memory to an engine that
+    loads beside this one for the next stage and computes only once this one has stopped.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -23,6 +38,9 @@ class ExecutionPlan(BaseModel):
     replicas: int = Field(1, ge=1, description="Data-parallel replicas, each an engine of `tp` GPUs.")
     gpus: tuple[int, ...] = Field(description="GPU indices: replica r uses gpus[r*tp:(r+1)*tp].")
     memory_fraction: float = Field(1.0, gt=0, le=1, description="Share of each GPU's memory (below 1 when shared).")
+    time_sliced: bool = Field(
+        False, description="Computes on its GPU at the same time as another engine there (each is slowed); "
+                           "one TP1 replica on a share of the memory.")
 
     @model_validator(mode="after")
     def _check(self) -> ExecutionPlan:
@@ -32,7 +50,14 @@ class ExecutionPlan(BaseModel):
             )
         if len(set(self.gpus)) != len(self.gpus):
             raise ConfigError(f"plan for {self.model}: a GPU is listed twice in {self.gpus}")
+        if self.time_sliced and (self.tp != 1 or self.replicas != 1 or self.memory_fraction >= 1.0):
+            raise ConfigError(f"plan for {self.model}: a time-sliced engine is one TP1 replica on a share of one GPU's "
+                              f"memory below 1; list each time-sliced replica as its own plan")
         return self
+
+    def replica_devices(self) -> list[tuple[int, ...]]:
+        """The devices of each replica: replica r runs on ``gpus[r*tp:(r+1)*tp]``."""
+        return [tuple(self.gpus[r * self.tp:(r + 1) * self.tp]) for r in range(self.replicas)]
 
     @property
     def num_gpus(self) -> int:
@@ -43,10 +68,37 @@ class ExecutionPlan(BaseModel):
         """One line for a person, e.g. ``vicuna TP2x2DP on GPUs [0, 1, 2, 3]``."""
         parallel = f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
         share = f" @{self.memory_fraction:.0%} mem" if self.memory_fraction < 1 else ""
-        return f"{self.model} {parallel} on GPUs {list(self.gpus)}{share}"
+        sliced = " time-sliced" if self.time_sliced else ""
+        return f"{self.model} {parallel} on GPUs {list(self.gpus)}{share}{sliced}"
 
 
-class StageEntry(BaseModel):
+class DeviceMemory:
+    """The shares of each device's memory that engines hold; an engine fits when its share fits on every one of
+    its devices. The one per-device memory check of the planner (a stage's engines) and the runtime (engines
+    starting while others still stop)."""
+
+    __slots__ = ("used",)
+
+    def __init__(self, engines: Iterable[tuple[Sequence[int], float]] = ()) -> None:
+        self.used: defaultdict[int, float] = defaultdict(float)
+        for devices, fraction in engines:
+            self.take(devices, fraction)
+
+    def fits(self, devices: Sequence[int], fraction: float) -> bool:
+        """Whether an engine holding ``fraction`` of each of ``devices`` fits beside the ones taken."""
+        return all(self.used[d] + fraction <= 1.0 + MEMORY_SLACK for d in devices)
+
+    def take(self, devices: Sequence[int], fraction: float) -> None:
+        """Count an engine holding ``fraction`` of each of ``devices``."""
+        for d in devices:
+            self.used[d] += fraction
+
+    def over_committed(self) -> list[int]:
+        """Devices whose engines hold more than all of their memory."""
+        return sorted(d for d, used in self.used.items() if used > 1.0 + MEMORY_SLACK)
+
+
+class StageEntry(ValidatedModel):
     """One engine of a stage: the nodes it serves (several when vertically fused) and its plan."""
 
     model_config = ConfigDict(extra="forbid")
@@ -58,7 +110,7 @@ class StageEntry(BaseModel):
     requests_done: dict[str, int] = Field(default_factory=dict, description="Per node, requests finished by stage end.")
 
 
-class Stage(BaseModel):
+class Stage(ValidatedModel):
     """Models that run at the same time, from ``start_seconds`` until the first of them finishes."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,7 +120,7 @@ class Stage(BaseModel):
     entries: list[StageEntry]
 
 
-class Plan(BaseModel):
+class Plan(ValidatedModel):
     """A whole application's plan and its estimated end-to-end time."""
 
     model_config = ConfigDict(extra="forbid")

@@ -13,8 +13,9 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from samullm_lc.errors import RequestError
 from samullm_lc.graph.app_graph import AppGraph
-from samullm_lc.runtime.requests import GenerationResult, RequestError, SamplingSpec
+from samullm_lc.runtime.requests import GenerationResult, SamplingSpec
 
 Outcome = GenerationResult | RequestError
 SYNTHETIC_TOKEN_IDS = np.arange(10, 300)  # ordinary ids in every tiny model's vocabulary (the smallest has 320)

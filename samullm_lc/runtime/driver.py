@@ -33,7 +33,7 @@ import numpy as np
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import ConfigError, JournalError, PoolError, SamullmError
+from samullm_lc.errors import ConfigError, JournalError, PoolError, RequestError, SamullmError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner import check_planner, plan_app, replan
 from samullm_lc.planner.cluster import Cluster
@@ -42,7 +42,7 @@ from samullm_lc.planner.state import RunState
 from samullm_lc.runtime.backends.base import Backend, EngineReady, EngineSpec, EngineStopped, Event, RequestDone
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.report import EngineSpan, ModelRecord, ReplanRecord, RunReport, estimated_finish_seconds
-from samullm_lc.runtime.requests import GenerationResult, Request, RequestError, content_key
+from samullm_lc.runtime.requests import GenerationResult, Request, content_key
 
 EXTRA_SUFFIX = "#extra"
 OBSERVED_LENGTHS_KEPT = 20_000

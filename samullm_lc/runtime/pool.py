@@ -28,7 +28,7 @@ import numpy as np
 
 from samullm_lc.costmodel.architecture import resolve_architecture
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import ConfigError, PoolError, UnknownModelError
+from samullm_lc.errors import ConfigError, PoolError, RequestError, UnknownModelError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
@@ -41,7 +41,6 @@ from samullm_lc.runtime.requests import (
     GenerationResult,
     OpenAICall,
     Request,
-    RequestError,
     SamplingSpec,
     normalise_prompt,
 )

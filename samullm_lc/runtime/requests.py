@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.errors import ConfigError
 from samullm_lc.validated import validation_problems
 
 ChatMessage = dict[str, Any]
@@ -39,10 +39,6 @@ GREEDY_TEMPERATURE = 1e-5
 TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal",
                   "thinking": "thinking"}
 """Chat content part types that carry text, and the key holding it (as vLLM's chat parser reads them)."""
-
-
-class RequestError(SamullmError):
-    """One request failed (bad input, an engine that could not run it); the message names the request and why."""
 
 
 class SamplingSpec(BaseModel):

@@ -21,11 +21,11 @@ from langchain_core.runnables.config import ensure_config
 from langchain_openai import ChatOpenAI, OpenAI
 
 import samullm_lc as samullm
-from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.errors import ConfigError, RequestError, SamullmError
 from samullm_lc.langchain import intercept
 from samullm_lc.langchain.session import OfflineSession, active_session
 from samullm_lc.runtime.report import RunReport
-from samullm_lc.runtime.requests import GenerationResult, RequestError
+from samullm_lc.runtime.requests import GenerationResult
 
 URL = "http://127.0.0.1:9/v1"  # nothing listens there: a call that escaped interception fails to connect
 

@@ -8,13 +8,13 @@ from concurrent.futures import wait
 import numpy as np
 import pytest
 
-from samullm_lc.errors import ConfigError, PoolError
+from samullm_lc.errors import ConfigError, PoolError, RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.backends.base import EngineStopped
 from samullm_lc.runtime.backends.sim_backend import SimBackend
 from samullm_lc.runtime.pool import EnginePool
-from samullm_lc.runtime.requests import GenerationResult, RequestError, SamplingSpec, content_key
+from samullm_lc.runtime.requests import GenerationResult, SamplingSpec, content_key
 
 MODEL = "Llama-2-7b-hf"
 CLUSTER = "1xA100-80GB"

@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from samullm_lc.errors import RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner import Cluster
 from samullm_lc.planner.plan import ExecutionPlan, Stage, StageEntry
@@ -14,7 +15,7 @@ from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.backends.sim_backend import SimBackend
 from samullm_lc.runtime.driver import Driver, DriverSettings
 from samullm_lc.runtime.pool import EnginePool
-from samullm_lc.runtime.requests import GenerationResult, RequestError
+from samullm_lc.runtime.requests import GenerationResult
 from tests.conftest import load_paper_apps
 
 TOKENS = np.arange(100, 200)

@@ -11,11 +11,12 @@ import time
 
 import pytest
 
+from samullm_lc.errors import RequestError
 from samullm_lc.planner import Cluster
 from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, RequestDone
 from samullm_lc.runtime.backends.vllm_backend import VllmBackend
 from samullm_lc.runtime.pool import EnginePool, default_engine_settings
-from samullm_lc.runtime.requests import Request, RequestError, SamplingSpec
+from samullm_lc.runtime.requests import Request, SamplingSpec
 
 pytestmark = pytest.mark.engine
 MODEL = "tiny-llama-s"

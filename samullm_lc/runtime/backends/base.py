@@ -15,13 +15,14 @@ from samullm_lc.runtime.requests import GenerationResult, Request
 
 @dataclass(frozen=True, slots=True)
 class EngineSpec:
-    """One engine to start: a model replica on some devices."""
+    """One engine to start: a model replica on some devices (the runtime's side of an ``ExecutionPlan`` replica)."""
 
     engine_id: int
     model: str
     devices: tuple[int, ...]
     tp: int = 1
-    memory_fraction: float = 1.0
+    memory_fraction: float = 1.0  # share of each device's memory the engine may use
+    time_sliced: bool = False  # computes beside another engine on its device (``ExecutionPlan.time_sliced``)
 
 
 @dataclass(frozen=True, slots=True)
