@@ -16,9 +16,9 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from samullm_lc.profiling.validation import (  # noqa: E402
+from samullm_lc.profiling.validation import (
     DEMO_MODELS,
     ValidationRow,
     profile_or_load,

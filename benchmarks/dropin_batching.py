@@ -259,7 +259,7 @@ def main() -> None:
     results: dict[str, list[Run]] = {v: [] for v in args.variants}
     for repeat in range(args.repeats):
         for variant in args.variants:
-            dc.wait_until_idle()
+            common.wait_until_idle()
             run = run_variant(variant, inputs)
             results[variant].append(run)
             print(f"-- round {repeat + 1} {variant}: median {run.q(0.5)}, p10 {run.q(0.1)}, p90 {run.q(0.9)}, "

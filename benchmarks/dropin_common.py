@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Self
-
-IDLE_CORES = 0.3  # the machine counts as idle when other processes use at most this many cores
-IDLE_SAMPLE_SECONDS = 3.0
 
 
 def weighted_percentile(histogram: dict[int, int], q: float) -> int:
@@ -41,13 +37,6 @@ def merge(histograms: list[dict[int, int]]) -> dict[int, int]:
 
 
 # ---- other processes on the machine ------------------------------------------------------------------------
-def busy_cpu_seconds() -> float:
-    """CPU seconds every process on the machine has used since boot (``/proc/stat``)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 class ForeignCpu:
     """CPU seconds that processes outside this process's tree use while it is open (sampled every second).
 
@@ -113,21 +102,3 @@ class ForeignCpu:
         return total
 
 
-def wait_until_idle(max_wait: float = 60.0) -> float:
-    """Wait (up to ``max_wait`` seconds) until other processes leave the cores idle; the cores they used at the
-    last check."""
-    deadline = time.monotonic() + max_wait
-    import resource
-
-    def own() -> float:
-        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-    while True:
-        busy, mine = busy_cpu_seconds(), own()
-        time.sleep(IDLE_SAMPLE_SECONDS)
-        used = ((busy_cpu_seconds() - busy) - (own() - mine)) / IDLE_SAMPLE_SECONDS
-        if used <= IDLE_CORES or time.monotonic() > deadline:
-            return used
-        print(f"   other processes use {used:.1f} cores; waiting", flush=True)
-        time.sleep(5.0)

@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[int, Rows], dict[str, Any]]:
             for repeat in range(args.repeats):
                 rotation = order[repeat % len(order):] + order[:repeat % len(order)]
                 for key in rotation:
-                    dc.wait_until_idle(30.0)
+                    common.wait_until_idle(30.0)
                     with dc.ForeignCpu() as foreign:
                         if key == "a":
                             r = timed_a(llm, args.requests)
@@ -186,7 +186,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[int, Rows], dict[str, Any]]:
         llm = mock_client(max_tokens, info["canned"][max_tokens])
         llm.batch([[("system", SYSTEM), ("user", QUESTION)]] * WARMUP)
         for repeat in range(args.repeats):
-            dc.wait_until_idle(30.0)
+            common.wait_until_idle(30.0)
             with dc.ForeignCpu() as foreign:
                 r = timed_a(llm, args.requests, {"max_concurrency": 1024})
             results[max_tokens]["e"].append((*r, foreign.seconds))

@@ -202,7 +202,7 @@ def one_round(index: int, n_inputs: int, log_dir: Path) -> list[dict[str, Any]]:
     order = VARIANTS[index % 3:] + VARIANTS[:index % 3]
     rows = []
     for variant in order:
-        dc.wait_until_idle()
+        common.wait_until_idle()
         load = list(os.getloadavg())
         with dc.ForeignCpu() as foreign:
             row = run_variant(variant, n_inputs, log_dir)

@@ -27,8 +27,9 @@ import common
 import numpy as np
 
 from samullm_lc.costmodel.simulator import simulate
+from samullm_lc.graph.paper_apps import PAPER_APPS
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.planner.context import PlanningSettings, build_context, build_engines
+from samullm_lc.planner.context import PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.curves import BATCHES_SIMULATED, fit_curve
 from samullm_lc.planner.options import EngineOption
 
@@ -60,20 +61,19 @@ class Engine:
 
 def measure(batch_counts: list[int], seed: int) -> tuple[list[Engine], dict[int, float]]:
     """Every engine of every case, simulated in full and fitted at each cut; fit CPU seconds per cut."""
-    builder = common.load_paper_apps()
     cluster = Cluster.parse(CLUSTER, TOPOLOGY)
     engines: list[Engine] = []
     fit_seconds = dict.fromkeys(batch_counts, 0.0)
     for app_name, n in CASES:
-        app = builder.PAPER_APPS[app_name](n, seed)
-        model_engines = build_engines(app, cluster)
-        ctx = build_context(app, cluster, model_engines, PlanningSettings(), seed=seed)
+        app = PAPER_APPS[app_name](n, seed)
+        model_options = build_app_options(app, cluster)
+        ctx = build_context(app, cluster, model_options, PlanningSettings(), seed=seed)
         for model in ctx.models:
             curves = ctx.curves[model]
             for option in curves.options:
                 if option.replicas > 1:
                     continue
-                cost = model_engines[model]
+                cost = model_options[model]
                 full = simulate(cost.scheduler(option), cost.latency(option), curves.prompt, curves.output)
                 engine = Engine(app=app_name, n=n, model=model, option=option, full_seconds=full.total_seconds,
                                 preemptions=full.num_preemptions)

@@ -29,6 +29,7 @@ from pathlib import Path
 import common
 
 from samullm_lc.graph.app_graph import AppGraph
+from samullm_lc.graph.paper_apps import PAPER_APPS
 from samullm_lc.planner import PLANNERS, lower_bound_seconds, plan_app
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.curves import BATCHES_SIMULATED
@@ -216,11 +217,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     args = parser.parse_args()
 
-    builder = common.load_paper_apps()
     cases: list[Case] = []
     start = time.perf_counter()
     for n in args.sizes:
-        for name, build in builder.PAPER_APPS.items():
+        for name, build in PAPER_APPS.items():
             app = build(n, args.seed)
             for topology in TOPOLOGIES:
                 case = run_case(app, n, topology, args.seed, args.curve_batches)

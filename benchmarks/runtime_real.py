@@ -8,16 +8,20 @@ the last result of ``c``:
 
 - **pool**: ``EnginePool(app, "2xcpu")`` with the default planner; one engine at a time per core, each in a
   worker process that the next engine on that core reuses.
-- **sequential**: in topological order, a fresh process with both cores (``OMP_NUM_THREADS=2``) loads ``a``,
-  runs its batch with one ``vllm.LLM.generate`` and exits (the unload); then ``b``, then ``c``.
-- **sequential, one process** (``--one-process-sequential``): one process loads, runs and unloads
-  (``shutdown_llm``) every model in turn.
+- **sequential**: in topological order, a fresh engine process with both cores (``OMP_NUM_THREADS=2``) loads
+  ``a``, is handed its whole batch at once and exits once it is answered (the unload); then ``b``, then ``c``.
+- **sequential, one process** (``--one-process-sequential``): one process loads, runs and unloads every model
+  in turn.
 - **sequential, one core** (``--one-core-sequential``): as sequential, pinned to one core.
-- **all at once**: one process per model, all started together, each given both cores (``OMP_NUM_THREADS=2``);
-  ``a`` and ``b`` generate as soon as they are loaded, ``c`` when both have finished.
+- **all at once**: one engine process per model, all started together, each given both cores
+  (``OMP_NUM_THREADS=2``); ``a`` and ``b`` generate as soon as they are loaded, ``c`` when both have finished.
 
-Every variant sends the same prompts (token ids drawn from a per-request seed) with the same sampling
-(temperature 1, per-request sampling seed, the node's ``max_tokens``) and the same engine settings
+The by-hand variants run on the pool's own engine processes (``VllmBackend``, the worker that steps
+``vllm.LLM``'s engine), driven without a planner (``ByHand``), so they differ from the pool only in what runs
+when and where.
+
+Every variant sends the same prompts (token ids drawn from a per-request seed: ``SyntheticRequests`` with
+``per_request``) with the same sampling (temperature 1, per-request sampling seed, the node's ``max_tokens``) and the same engine settings
 (``default_engine_settings``: 128 MiB KV cache, max_model_len 2048, chunked prefill off). Level-2 prompt lengths
 follow each variant's own level-1 output lengths, as in a real app; the tokens each variant generated are
 reported so a reader can check they did comparable work.
@@ -44,14 +48,11 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import resource
 import statistics
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,13 @@ import numpy as np
 from samullm_lc.errors import RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.runtime.backends.base import EngineSpec
-from samullm_lc.runtime.backends.vllm_worker import cpu_pinning_env, pin_process
+from samullm_lc.runtime.app_runner import AppRun, Outcome, SyntheticRequests
+from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.backends.vllm_backend import VllmBackend
+from samullm_lc.runtime.backends.vllm_worker import cpu_pinning, pin_process
 from samullm_lc.runtime.pool import EnginePool, default_engine_settings
 from samullm_lc.runtime.report import RunReport
-from samullm_lc.runtime.requests import GenerationResult
+from samullm_lc.runtime.requests import GenerationResult, Request
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -81,49 +84,13 @@ APP_NODES: dict[str, tuple[str, int, int, int, tuple[str, ...]]] = {
 }
 OVERHEAD_MODEL = "tiny-llama-m"
 OVERHEAD_MAX_TOKENS = 64
-TOKEN_IDS = (10, 300)  # prompt token ids are drawn from [10, 300): inside every tiny model's vocabulary
+REQUEST_ID_STRIDE = 1_000_000  # request i of the k-th node has id k * this + i on the by-hand variants' engines
 OVERHEAD_GOAL = 0.05
 TIMEOUT_SECONDS = 1800.0
-QUIET_FLAG = Path(os.environ.get("SAMULLM_QUIET_FLAG", "/tmp/samullm_quiet"))  # another job on this machine asks for quiet while it exists
-IDLE_CORES = 0.3  # the machine counts as idle when other processes use at most this many cores
-IDLE_WAIT_SECONDS = 900.0
-IDLE_SAMPLE_SECONDS = 3.0
-DISTURBED_SHARE = 0.05  # a run during which other processes took more of the machine's CPU time is repeated
-MAX_ATTEMPTS = 3
 EXTRA_VARIANTS = ("sequential, one process", "sequential, one core")  # optional, run once
 
 
-# ---- the workload: the same prompts and sampling for every variant -------------------------------------------
-@dataclass(frozen=True)
-class Workload:
-    """The app and how each of its requests looks: prompt token ids and sampling, from per-request seeds."""
-
-    app: AppGraph
-    seed: int
-
-    def request(self, node: str, i: int, upstream_tokens: int) -> tuple[list[int], dict[str, Any]]:
-        """Prompt token ids and ``SamplingParams`` fields of request ``i`` of ``node``.
-
-        The prompt is the node's template length plus ``upstream_tokens`` (what its upstream requests
-        generated); its ids depend only on (seed, node, i), so every variant sends the same prefix.
-        """
-        index = [n.name for n in self.app.nodes].index(node)
-        spec = self.app.node(node)
-        length = int(spec.input_tokens[i]) + (upstream_tokens if spec.include_upstream_outputs else 0)
-        rng = np.random.default_rng([self.seed, index, i])
-        ids = rng.integers(*TOKEN_IDS, size=max(length, 1)).tolist()
-        sampling = {"max_tokens": spec.max_tokens, "temperature": 1.0,
-                    "seed": (self.seed * 16 + index) * 1_000_000 + i}
-        return ids, sampling
-
-    def batch(self, node: str, outputs: dict[str, list[int]]) -> tuple[list[list[int]], list[dict[str, Any]]]:
-        """Every request of ``node``, its prompts grown by the upstream nodes' output tokens in ``outputs``."""
-        spec = self.app.node(node)
-        requests = [self.request(node, i, sum(outputs[u][i] for u in spec.depends_on))
-                    for i in range(spec.num_requests)]
-        return [p for p, _ in requests], [s for _, s in requests]
-
-
+# ---- the app: the same prompts and sampling for every variant ---------------------------------------------------
 def build_app(n: int, seed: int) -> AppGraph:
     """The two-level app: ``a`` and ``b`` (N prompts each), ``c`` reading ``a[i]`` and ``b[i]``."""
     rng = np.random.default_rng(seed)
@@ -134,81 +101,14 @@ def build_app(n: int, seed: int) -> AppGraph:
                     description="a (tiny-llama-s) and b (tiny-llama-m) feed c (tiny-qwen2-m), request by request")
 
 
-def engine_settings(model: str) -> dict[str, Any]:
-    """The pool's per-engine settings for ``model`` (what every variant uses)."""
-    spec = EngineSpec(engine_id=0, model=model, devices=(0,))
-    return default_engine_settings(Cluster.parse("1xcpu"))(spec).model_dump()
+def same_requests(app: AppGraph, seed: int) -> SyntheticRequests:
+    """Prompt ids and sampling seeds per request: every variant sends the same template prefixes, sampled alike."""
+    return SyntheticRequests(app, seed=seed, per_request=True)
 
 
 def cores(count: int) -> list[int]:
     """The first ``count`` cores this process may run on."""
     return sorted(os.sched_getaffinity(0))[:count]
-
-
-# ---- one vllm.LLM in a process of its own ---------------------------------------------------------------------
-def engine_worker(conn: Connection, pinning: dict[str, Any]) -> None:
-    """A plain ``vllm.LLM`` script, driven over ``conn``: load a model, generate a batch, unload, stop."""
-    pin_process(pinning)
-    import torch
-    from vllm import SamplingParams
-
-    from samullm_lc.runtime.vllm_engine import EngineSettings, shutdown_llm, start_llm
-
-    llm = None
-    while True:
-        kind, payload = conn.recv()
-        if kind == "load":
-            started = time.perf_counter()
-            llm = start_llm(EngineSettings(**payload))
-            conn.send(("ready", time.perf_counter() - started, torch.get_num_threads()))
-        elif kind == "generate":
-            prompts, samplings = payload
-            started = time.perf_counter()
-            outputs = llm.generate([{"prompt_token_ids": p} for p in prompts],
-                                   [SamplingParams(**s) for s in samplings], use_tqdm=False)
-            conn.send(("done", time.perf_counter() - started, [len(o.outputs[0].token_ids) for o in outputs],
-                       [len(o.prompt_token_ids) for o in outputs]))
-        elif kind in ("unload", "stop"):
-            if llm is not None:
-                shutdown_llm(llm)
-                llm = None
-            conn.send(("unloaded",))
-            if kind == "stop":
-                return
-
-
-class EngineProcess:
-    """The parent's handle on one ``engine_worker`` process."""
-
-    def __init__(self, core_count: int) -> None:
-        context = mp.get_context("spawn")
-        self.conn, child = context.Pipe()
-        chosen = cores(core_count)
-        pinning = {"env": cpu_pinning_env(chosen), "cores": chosen}
-        self.process = context.Process(target=engine_worker, args=(child, pinning), daemon=True)
-        self.process.start()
-        child.close()
-        self.threads = 0
-        self.load_seconds: list[float] = []
-
-    def send(self, kind: str, payload: Any = None) -> None:
-        self.conn.send((kind, payload))
-
-    def receive(self) -> tuple:
-        message = self.conn.recv()
-        if message[0] == "ready":
-            self.load_seconds.append(message[1])
-            self.threads = message[2]
-        return message
-
-    def call(self, kind: str, payload: Any = None) -> tuple:
-        """Send one command and wait for its answer."""
-        self.send(kind, payload)
-        return self.receive()
-
-    def stop(self) -> None:
-        self.call("stop")
-        self.process.join(timeout=60)
 
 
 # ---- the variants ----------------------------------------------------------------------------------------------
@@ -238,151 +138,151 @@ class Variant:
         return statistics.median(r.seconds for r in self.runs)
 
 
-def _run_record(seconds: float, outputs: dict[str, list[int]], prompts: dict[str, list[int]], note: str) -> Run:
-    return Run(seconds=seconds, output_tokens={k: int(sum(v)) for k, v in outputs.items()},
-               prompt_tokens={k: int(sum(v)) for k, v in prompts.items()}, note=note)
+def _run_record(seconds: float, outcomes: dict[str, list[Outcome]], note: str) -> Run:
+    """A run from every request's outcome, by node."""
+    done = {name: [o for o in results if isinstance(o, GenerationResult)] for name, results in outcomes.items()}
+    failures = [f"{name}[{i}]: {o}" for name, results in outcomes.items() for i, o in enumerate(results)
+                if not isinstance(o, GenerationResult)]
+    if failures:
+        note += f"; {len(failures)} failed, first: {failures[0][:200]}"
+    return Run(seconds=seconds, output_tokens={k: sum(r.output_tokens for r in v) for k, v in done.items()},
+               prompt_tokens={k: sum(r.prompt_tokens for r in v) for k, v in done.items()}, failed=len(failures),
+               note=note)
 
 
-def run_sequential(workload: Workload, core_count: int, *, one_process: bool = False) -> Run:
+class ByHand:
+    """What a user would script by hand, on the pool's own engine processes (``VllmBackend``) with no planner:
+    an engine per node on ``core_count`` cores, started and stopped when the variant says, each node's requests
+    handed to its engine in one batch once its upstream nodes have finished."""
+
+    def __init__(self, requests: SyntheticRequests, core_count: int) -> None:
+        self.requests = requests
+        self.app = requests.app
+        self.order = self.app.topological_order
+        self.devices = tuple(range(core_count))
+        self.backend = self.new_backend()
+        self.started = time.perf_counter()
+        self.ready_at: dict[str, float] = {}
+        self.submitted_at: dict[str, float] = {}
+        self.done_at: dict[str, float] = {}
+        self.outcomes: dict[str, list[Outcome | None]] = {n.name: [None] * n.num_requests for n in self.app.nodes}
+        self._missing = {n.name: n.num_requests for n in self.app.nodes}
+
+    @staticmethod
+    def new_backend() -> VllmBackend:
+        return VllmBackend(default_engine_settings(Cluster.parse("1xcpu")), device_kind="cpu")
+
+    def now(self) -> float:
+        return time.perf_counter() - self.started
+
+    def start(self, name: str) -> None:
+        """Start the node's engine (engine id: the node's place in the topological order)."""
+        model = self.app.node(name).model
+        self.backend.start_engine(EngineSpec(engine_id=self.order.index(name), model=model, devices=self.devices))
+
+    def submit(self, name: str) -> None:
+        """Hand the engine every request of the node (its upstream nodes have finished)."""
+        upstream = {u: [o.output_tokens for o in self.outcomes[u]] for u in self.app.node(name).depends_on}
+        k, model = self.order.index(name), self.app.node(name).model
+        requests = [Request(id=k * REQUEST_ID_STRIDE + i, model=model, kind="tokens", prompt=prompt, sampling=sampling)
+                    for i, (prompt, sampling) in enumerate(self.requests.batch(name, upstream))]
+        self.submitted_at[name] = self.now()
+        self.backend.submit(k, requests)
+
+    def stop(self, name: str) -> None:
+        """Stop the node's engine and wait until it is gone."""
+        self.backend.stop_engine(self.order.index(name))
+        self.until(lambda: self.order.index(name) not in self.backend.pids())
+
+    def submit_ready(self) -> bool:
+        """Submit every node whose engine is ready and whose upstream nodes have finished; whether every node
+        has finished."""
+        for name in self.order:
+            upstream_done = all(self.finished(u) for u in self.app.node(name).depends_on)
+            if name in self.ready_at and name not in self.submitted_at and upstream_done:
+                self.submit(name)
+        return all(self.finished(name) for name in self.order)
+
+    def until(self, condition: Callable[[], bool]) -> None:
+        """Take the backend's events until ``condition`` holds (checked after each batch of them)."""
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the engines did not finish in {TIMEOUT_SECONDS} s")
+            for event in self.backend.wait(timeout=1.0):
+                self._take(event)
+
+    def _take(self, event: Event) -> None:
+        name = self.order[event.engine_id]
+        if isinstance(event, EngineReady):
+            self.ready_at[name] = self.now()
+        elif isinstance(event, RequestDone):
+            i = event.request_id % REQUEST_ID_STRIDE
+            self.outcomes[name][i] = event.result or RequestError(f"{name}[{i}]: {event.error}")
+            self._missing[name] -= 1
+            if not self._missing[name]:
+                self.done_at[name] = self.now()
+        elif isinstance(event, EngineStopped) and event.failure:
+            raise RuntimeError(f"the engine of {name} failed: {event.failure}")
+
+    def finished(self, name: str) -> bool:
+        return name in self.done_at
+
+    def record(self, note: str) -> Run:
+        """The run so far (call when the last node has finished, before the engines stop)."""
+        return _run_record(self.now(), self.outcomes, note)  # type: ignore[arg-type]
+
+
+def run_sequential(requests: SyntheticRequests, core_count: int, *, one_process: bool = False) -> Run:
     """Each model in topological order on ``core_count`` cores: load, generate its batch, unload.
 
-    By default each model gets a fresh process that exits after its batch (unload = exit, as a script per
-    model would); ``one_process`` loads and unloads every model in one process instead.
+    By default each model gets a fresh engine process that exits after its batch (unload = exit, as a script
+    per model would); ``one_process`` loads and unloads every model in one process instead.
     """
-    order = workload.app.topological_order
-    started = time.perf_counter()
-    outputs: dict[str, list[int]] = {}
-    prompts: dict[str, list[int]] = {}
+    run = ByHand(requests, core_count)
     phases = []
-    engine = EngineProcess(core_count) if one_process else None
-    for name in order:
-        begun = time.perf_counter()
-        current = engine or EngineProcess(core_count)
-        current.call("load", engine_settings(workload.app.node(name).model))
-        ready = time.perf_counter() - begun
-        _, seconds, outputs[name], prompts[name] = current.call("generate", workload.batch(name, outputs))
-        phases.append(f"{name}: ready after {ready:.1f} s, generate {seconds:.1f} s")
-        if name != order[-1] and one_process:
-            current.call("unload")
-        elif name != order[-1]:
-            current.stop()
-    elapsed = time.perf_counter() - started
-    (engine or current).stop()
-    return _run_record(elapsed, outputs, prompts, f"{current.threads} threads; " + "; ".join(phases))
+    for name in run.order:
+        begun = run.now()
+        run.start(name)
+        run.until(lambda name=name: name in run.ready_at)
+        run.submit(name)
+        run.until(lambda name=name: run.finished(name))
+        phases.append(f"{name}: ready after {run.ready_at[name] - begun:.1f} s, "
+                      f"generate {run.done_at[name] - run.submitted_at[name]:.1f} s")
+        if name != run.order[-1]:
+            run.stop(name)
+            if not one_process:  # wait for the process to exit, as the next script would
+                run.backend.close()
+                run.backend = run.new_backend()
+    record = run.record(f"{core_count} cores; " + "; ".join(phases))
+    run.backend.close()
+    return record
 
 
-def run_all_at_once(workload: Workload, core_count: int) -> Run:
-    """One process per model, all started together with ``core_count`` cores each; a node generates once its
-    model is loaded and its upstream nodes have finished."""
-    app = workload.app
-    started = time.perf_counter()
-    engines = {name: EngineProcess(core_count) for name in app.topological_order}
-    for name, engine in engines.items():
-        engine.send("load", engine_settings(app.node(name).model))
-    loaded: set[str] = set()
-    generating: set[str] = set()
-    outputs: dict[str, list[int]] = {}
-    prompts: dict[str, list[int]] = {}
-    phases: dict[str, str] = {}
-    while len(outputs) < len(engines):
-        for name in app.topological_order:
-            ready = name in loaded and all(u in outputs for u in app.node(name).depends_on)
-            if ready and name not in generating:
-                generating.add(name)
-                engines[name].send("generate", workload.batch(name, outputs))
-        by_conn = {engine.conn: name for name, engine in engines.items()}
-        for conn in wait([e.conn for n, e in engines.items() if n not in outputs]):
-            name = by_conn[conn]
-            message = engines[name].receive()
-            if message[0] == "ready":
-                loaded.add(name)
-                phases[name] = f"{name}: ready at {time.perf_counter() - started:.1f} s"
-            elif message[0] == "done":
-                outputs[name], prompts[name] = message[2], message[3]
-                phases[name] += f", generate {message[1]:.1f} s, done at {time.perf_counter() - started:.1f} s"
-    elapsed = time.perf_counter() - started
-    for engine in engines.values():
-        engine.stop()
-    threads = {e.threads for e in engines.values()}
-    return _run_record(elapsed, outputs, prompts, f"{'/'.join(map(str, threads))} threads each; "
-                       + "; ".join(phases[n] for n in app.topological_order))
+def run_all_at_once(requests: SyntheticRequests, core_count: int) -> Run:
+    """One engine process per model, all started together with ``core_count`` cores each; a node generates once
+    its model is loaded and its upstream nodes have finished."""
+    run = ByHand(requests, core_count)
+    for name in run.order:
+        run.start(name)
+    run.until(run.submit_ready)
+    record = run.record(f"{core_count} cores each; " + "; ".join(
+        f"{n}: ready at {run.ready_at[n]:.1f} s, generate {run.done_at[n] - run.submitted_at[n]:.1f} s, "
+        f"done at {run.done_at[n]:.1f} s" for n in run.order))
+    run.backend.close()
+    return record
 
 
-class PoolAppRun:
-    """Submits the workload to a pool: roots at once, request i of a node when its upstream requests i finished."""
-
-    def __init__(self, pool: EnginePool, workload: Workload) -> None:
-        self.pool = pool
-        self.workload = workload
-        self.app = workload.app
-        self.results: dict[str, list[GenerationResult | RequestError | None]] = {
-            n.name: [None] * n.num_requests for n in self.app.nodes}
-        self.prompt_lengths: dict[str, list[int]] = {n.name: [0] * n.num_requests for n in self.app.nodes}
-        self._missing = sum(n.num_requests for n in self.app.nodes)
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-
-    def start(self) -> PoolAppRun:
-        for node in self.app.nodes:
-            if not node.depends_on:
-                for i in range(node.num_requests):
-                    self._submit(node.name, i, 0)
-        return self
-
-    def wait(self, timeout: float) -> None:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"the pool did not finish the app in {timeout} s")
-
-    def _submit(self, name: str, i: int, upstream_tokens: int) -> None:
-        ids, sampling = self.workload.request(name, i, upstream_tokens)
-        self.prompt_lengths[name][i] = len(ids)
-        future = self.pool.submit(self.app.node(name).model, np.asarray(ids), sampling=sampling, node=name)
-        future.add_done_callback(lambda f, name=name, i=i: self._finished(name, i, f))
-
-    def _finished(self, name: str, i: int, future: Future | None, error: RequestError | None = None) -> None:
-        outcome = error if future is None else (future.exception() or future.result())
-        ready = []
-        with self._lock:
-            self.results[name][i] = outcome
-            self._missing -= 1
-            for downstream in self.app.downstream(name):
-                upstream = [self.results[u][i] for u in self.app.node(downstream).depends_on]
-                if all(o is not None for o in upstream):
-                    ready.append((downstream, upstream))
-        for downstream, upstream in ready:
-            failed = [o for o in upstream if not isinstance(o, GenerationResult)]
-            if failed:
-                self._finished(downstream, i, None, RequestError(f"{downstream}[{i}]: upstream failed: {failed[0]}"))
-            else:
-                self._submit(downstream, i, sum(o.output_tokens for o in upstream))
-        if self._missing == 0:
-            self._done.set()
-
-    def output_tokens(self, name: str) -> list[int]:
-        return [o.output_tokens if isinstance(o, GenerationResult) else 0 for o in self.results[name]]
-
-    def failures(self) -> list[str]:
-        return [f"{name}[{i}]: {o}" for name, outcomes in self.results.items()
-                for i, o in enumerate(outcomes) if not isinstance(o, GenerationResult)]
-
-
-def run_pool(workload: Workload, profiles: dict) -> tuple[Run, RunReport]:
+def run_pool(requests: SyntheticRequests, profiles: dict) -> tuple[Run, RunReport]:
     """The app through ``EnginePool`` on both cores with the default planner."""
     started = time.perf_counter()
-    with EnginePool(workload.app, "2xcpu", profiles=profiles, progress=False) as pool:
-        run = PoolAppRun(pool, workload).start()
-        run.wait(TIMEOUT_SECONDS)
+    with EnginePool(requests.app, "2xcpu", profiles=profiles, progress=False) as pool:
+        outcomes = AppRun(pool, requests.app, requests=requests).start().wait(TIMEOUT_SECONDS)
         elapsed = time.perf_counter() - started
         pool.join()
     report = pool.report()
-    failures = run.failures()
-    outputs = {n: run.output_tokens(n) for n in workload.app.topological_order}
-    record = _run_record(elapsed, outputs, run.prompt_lengths,
-                         f"{len(report.replans)} planning decisions, {len(report.engines)} engines started")
-    record.failed = len(failures)
-    if failures:
-        record.note += f"; {len(failures)} failed, first: {failures[0][:200]}"
-    return record, report
+    note = f"{len(report.replans)} planning decisions, {len(report.engines)} engines started"
+    return _run_record(elapsed, outcomes, note), report
 
 
 # ---- overhead: one model through the pool vs one generate call ------------------------------------------------
@@ -412,42 +312,70 @@ class Overhead:
         return statistics.median(self.pool_generate) / statistics.median(self.plain_generate) - 1
 
 
-def overhead_workload(n: int, seed: int) -> Workload:
+def overhead_requests(n: int, seed: int) -> SyntheticRequests:
     """One node on ``OVERHEAD_MODEL``: a warm-up request (index 0) and ``n`` measured ones."""
     rng = np.random.default_rng(seed + 1)
     node = LLMNode(name="m", model=OVERHEAD_MODEL, input_tokens=rng.integers(16, 129, n + 1).tolist(),
                    max_tokens=OVERHEAD_MAX_TOKENS)
-    return Workload(app=AppGraph(name="one-model", nodes=[node]), seed=seed)
+    return same_requests(AppGraph(name="one-model", nodes=[node]), seed)
 
 
-def overhead_pool(workload: Workload, profiles: dict) -> tuple[float, float, int]:
+def overhead_pool(requests: SyntheticRequests, profiles: dict) -> tuple[float, float, int]:
     """(generate seconds, total seconds, output tokens) of the requests through a one-core pool."""
-    n = workload.app.node("m").num_requests
-    requests = [workload.request("m", i, 0) for i in range(n)]
+    (warmup, warmup_sampling), *measured = requests.batch("m", {})
     started = time.perf_counter()
-    with EnginePool(workload.app, "1xcpu", profiles={OVERHEAD_MODEL: profiles[OVERHEAD_MODEL]},
+    with EnginePool(requests.app, "1xcpu", profiles={OVERHEAD_MODEL: profiles[OVERHEAD_MODEL]},
                     progress=False) as pool:
-        warmup, sampling = requests[0]
-        pool.submit(OVERHEAD_MODEL, np.asarray(warmup), sampling=sampling, node="m").result(TIMEOUT_SECONDS)
+        pool.submit(OVERHEAD_MODEL, warmup, sampling=warmup_sampling, node="m").result(TIMEOUT_SECONDS)
         begin = time.perf_counter()
-        futures = [pool.submit(OVERHEAD_MODEL, np.asarray(p), sampling=s, node="m") for p, s in requests[1:]]
+        futures = [pool.submit(OVERHEAD_MODEL, p, sampling=s, node="m") for p, s in measured]
         results = [f.result(TIMEOUT_SECONDS) for f in futures]
         end = time.perf_counter()
     return end - begin, end - started, sum(r.output_tokens for r in results)
 
 
-def overhead_plain(workload: Workload) -> tuple[float, float, int]:
-    """(generate seconds, total seconds, output tokens) of one ``generate`` call in a process on one core."""
-    prompts, samplings = workload.batch("m", {})
-    started = time.perf_counter()
-    engine = EngineProcess(1)
-    engine.call("load", engine_settings(OVERHEAD_MODEL))
-    engine.call("generate", (prompts[:1], samplings[:1]))
+_plain_llm = None  # the engine of ``plain_generate``'s process, kept until the process exits
+
+
+def plain_generate(settings: dict[str, Any], prompts: list[list[int]], samplings: list[dict[str, Any]]
+                   ) -> tuple[float, list[int]]:
+    """In its own process: load the model, answer the first request (warm-up), then time one ``LLM.generate``
+    over the others; (seconds, output tokens per request)."""
+    global _plain_llm
+    from vllm import SamplingParams
+
+    from samullm_lc.runtime.vllm_engine import EngineSettings, start_llm
+
+    _plain_llm = start_llm(EngineSettings(**settings))
+    inputs = [{"prompt_token_ids": p} for p in prompts]
+    params = [SamplingParams(**s) for s in samplings]
+    _plain_llm.generate(inputs[:1], params[:1], use_tqdm=False)
     begin = time.perf_counter()
-    _, _, outputs, _ = engine.call("generate", (prompts[1:], samplings[1:]))
-    end = time.perf_counter()
-    engine.stop()
-    return end - begin, end - started, sum(outputs)
+    outputs = _plain_llm.generate(inputs[1:], params[1:], use_tqdm=False)
+    return time.perf_counter() - begin, [len(o.outputs[0].token_ids) for o in outputs]
+
+
+def plain_shutdown() -> None:
+    """Shut ``plain_generate``'s engine down."""
+    from samullm_lc.runtime.vllm_engine import shutdown_llm
+
+    shutdown_llm(_plain_llm)
+
+
+def overhead_plain(requests: SyntheticRequests) -> tuple[float, float, int]:
+    """(generate seconds, total seconds, output tokens) of one ``LLM.generate`` call in a process pinned to one
+    core with the pool's engine settings."""
+    batch = requests.batch("m", {})
+    spec = EngineSpec(engine_id=0, model=OVERHEAD_MODEL, devices=(0,))
+    settings = default_engine_settings(Cluster.parse("1xcpu"))(spec).model_dump()
+    started = time.perf_counter()
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=pin_process,
+                             initargs=(cpu_pinning(cores(1)),)) as process:
+        seconds, outputs = process.submit(plain_generate, settings, [p.tolist() for p, _ in batch],
+                                          [s.vllm_kwargs() for _, s in batch]).result(TIMEOUT_SECONDS)
+        total = time.perf_counter() - started
+        process.submit(plain_shutdown).result(TIMEOUT_SECONDS)
+    return seconds, total, sum(outputs)
 
 
 # ---- the report -----------------------------------------------------------------------------------------------
@@ -566,8 +494,8 @@ def render(args: argparse.Namespace, app: AppGraph, variants: list[Variant], rep
         + (", interleaved (median shown, each run in parentheses)" if repeats > 1 else " (one run each)")
         + ("; the extra sequential variants ran once, as context." if len(variants) > 3 else ".")
         + " Other jobs share this machine: each run waited until none asked for quiet or kept a core busy, a run "
-        f"during which other processes still took more than {DISTURBED_SHARE:.0%} of the CPU time was run again "
-        f"(at most {MAX_ATTEMPTS} times), and `other CPU s` is what they took during the runs that count.",
+        f"during which other processes still took more than {common.DISTURBED_SHARE:.0%} of the CPU time was run again "
+        f"(at most {common.MAX_ATTEMPTS} times), and `other CPU s` is what they took during the runs that count.",
         "",
         "## Summary",
         "",
@@ -659,59 +587,6 @@ def render(args: argparse.Namespace, app: AppGraph, variants: list[Variant], rep
     return "\n".join(lines)
 
 
-# ---- interference: other jobs share these two cores --------------------------------------------------------
-def busy_cpu_seconds() -> float:
-    """CPU seconds every process on the machine has used since boot (``/proc/stat``)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have ended."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def wait_until_idle() -> None:
-    """Wait while another job asks for quiet, then (up to ``IDLE_WAIT_SECONDS``) until the cores are idle."""
-    deadline = time.monotonic() + IDLE_WAIT_SECONDS
-    while True:
-        if QUIET_FLAG.exists():
-            time.sleep(20.0)
-            continue
-        busy, own = busy_cpu_seconds(), own_cpu_seconds()
-        time.sleep(IDLE_SAMPLE_SECONDS)
-        cores_used = ((busy_cpu_seconds() - busy) - (own_cpu_seconds() - own)) / IDLE_SAMPLE_SECONDS
-        if cores_used <= IDLE_CORES:
-            return
-        if time.monotonic() > deadline:
-            print("   the cores did not become idle; measuring anyway", flush=True)
-            return
-        print(f"   other processes use {cores_used:.1f} cores; waiting", flush=True)
-        time.sleep(20.0)
-
-
-def measure(label: str, function: Callable[[], Any]) -> tuple[Any, float]:
-    """Run ``function`` once the machine is idle; its result and the CPU seconds other processes used meanwhile.
-
-    A run during which other processes took more than ``DISTURBED_SHARE`` of the machine is repeated (up to
-    ``MAX_ATTEMPTS`` runs in all; the last one counts).
-    """
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        wait_until_idle()
-        print(f"-- {label} ...", flush=True)
-        started, busy, own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
-        result = function()
-        elapsed = time.perf_counter() - started
-        foreign = max(0.0, (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own))
-        print(f"-- {label}: {elapsed:.1f} s; other processes used {foreign:.1f} CPU s", flush=True)
-        if foreign <= DISTURBED_SHARE * len(cores(2)) * elapsed or attempt == MAX_ATTEMPTS:
-            return result, foreign
-        print("   disturbed by other processes: running it again", flush=True)
-    raise AssertionError("unreachable")
-
-
 # ---- main -----------------------------------------------------------------------------------------------------
 
 
@@ -734,28 +609,29 @@ def main() -> None:
     host = machine()
     started = time.perf_counter()
     app = build_app(args.requests, args.seed)
-    workload = Workload(app=app, seed=args.seed)
+    requests = same_requests(app, args.seed)
     profiles = pool_profiles(app.models())
     variants = [
         Variant("pool", "`EnginePool(app, \"2xcpu\")`, default planner (`search`); one engine at a time per core, "
                 "each in a worker process the next engine on that core reuses; requests of `c` submitted as "
                 "their upstream requests finish."),
-        Variant("sequential", "for a, b, c in turn, a fresh process on both cores (2 OpenMP threads) loads the "
-                "model, runs one `LLM.generate` over its batch and exits (the unload); the next starts after it."),
-        Variant("all at once", "three processes started together, each on both cores (2 OpenMP threads): a and b "
-                "generate once loaded; c (loaded meanwhile) generates once a and b have finished."),
+        Variant("sequential", "for a, b, c in turn, a fresh engine process on both cores (2 OpenMP threads) loads "
+                "the model, is handed its whole batch at once and exits once it is answered (the unload); the next "
+                "starts after it."),
+        Variant("all at once", "three engine processes started together, each on both cores (2 OpenMP threads): a "
+                "and b generate once loaded; c (loaded meanwhile) generates once a and b have finished."),
     ]
     if args.one_process_sequential:
         variants.append(Variant("sequential, one process", "as sequential, but one process on both cores loads, "
-                                "runs and unloads (`shutdown_llm`) every model in turn (one `import vllm`)."))
+                                "runs and unloads every model in turn (one `import vllm`)."))
     if args.one_core_sequential:
         variants.append(Variant("sequential, one core", "as sequential, each process pinned to one core "
                                 "(1 OpenMP thread)."))
     runners: dict[str, Callable[[], Run]] = {
-        "sequential": lambda: run_sequential(workload, 2),
-        "all at once": lambda: run_all_at_once(workload, 2),
-        "sequential, one process": lambda: run_sequential(workload, 2, one_process=True),
-        "sequential, one core": lambda: run_sequential(workload, 1),
+        "sequential": lambda: run_sequential(requests, 2),
+        "all at once": lambda: run_all_at_once(requests, 2),
+        "sequential, one process": lambda: run_sequential(requests, 2, one_process=True),
+        "sequential, one core": lambda: run_sequential(requests, 1),
     }
     reports: list[RunReport] = []
     for repeat in range(args.repeats):
@@ -763,11 +639,11 @@ def main() -> None:
             if repeat and variant.name in EXTRA_VARIANTS:
                 continue  # the extra variants run once: they only give context
             if variant.name == "pool":
-                (run, report), foreign = measure(f"pool, run {repeat + 1}", lambda: run_pool(workload, profiles))
+                (run, report), foreign = common.measure(f"pool, run {repeat + 1}", lambda: run_pool(requests, profiles))
                 reports.append(report)
                 print(report.summary(), flush=True)
             else:
-                run, foreign = measure(f"{variant.name}, run {repeat + 1}", runners[variant.name])
+                run, foreign = common.measure(f"{variant.name}, run {repeat + 1}", runners[variant.name])
             run.foreign_cpu_seconds = foreign
             print(f"   {run}", flush=True)
             variant.runs.append(run)
@@ -777,12 +653,12 @@ def main() -> None:
     overhead = None
     if not args.skip_overhead:
         overhead = Overhead(requests=args.overhead_requests)
-        one_model = overhead_workload(args.overhead_requests, args.seed)
+        one_model = overhead_requests(args.overhead_requests, args.seed)
         for repeat in range(args.overhead_repeats):
-            (generate, total, tokens), foreign = measure(f"overhead pool, run {repeat + 1}",
+            (generate, total, tokens), foreign = common.measure(f"overhead pool, run {repeat + 1}",
                                                          lambda: overhead_pool(one_model, profiles))
             overhead.add("pool", generate, total, tokens, foreign)
-            (generate, total, tokens), foreign = measure(f"overhead generate, run {repeat + 1}",
+            (generate, total, tokens), foreign = common.measure(f"overhead generate, run {repeat + 1}",
                                                          lambda: overhead_plain(one_model))
             overhead.add("plain", generate, total, tokens, foreign)
             print(f"   pool {overhead.pool_generate[-1]:.2f} s, plain {overhead.plain_generate[-1]:.2f} s", flush=True)

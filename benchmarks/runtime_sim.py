@@ -28,6 +28,7 @@ import common
 import numpy as np
 
 from samullm_lc.graph.app_graph import AppGraph
+from samullm_lc.graph.paper_apps import PAPER_APPS
 from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.report import RunReport
@@ -170,12 +171,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the report only")
     args = parser.parse_args()
 
-    builder = common.load_paper_apps()
-    names = args.apps or list(builder.PAPER_APPS)
+    names = args.apps or list(PAPER_APPS)
     host = machine()
     results = []
     for name in names:
-        result = run_app(name, builder.PAPER_APPS[name], args.n, args.seed)
+        result = run_app(name, PAPER_APPS[name], args.n, args.seed)
         results.append(result)
         rep = result.report
         print(f"{name}: wall {result.wall_seconds:.2f} s, simulated {rep.seconds:.0f} s, estimated "

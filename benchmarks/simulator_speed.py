@@ -18,10 +18,12 @@ Run: ``/work/main/.venv/bin/python benchmarks/simulator_speed.py [--baseline REV
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -96,18 +98,24 @@ def latency_models() -> tuple[list[tuple[str, IterationLatencyModel]], str]:
 
 
 def load_baseline(revision: str) -> ModuleType:
-    """The simulator module as it is at git ``revision``."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:samullm_lc/costmodel/simulator.py"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "baseline_simulator.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("baseline_simulator", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    """The simulator as it is at git ``revision`` (one module until issue 13, a package since), imported from a
+    copy of that revision's ``samullm_lc`` while this one's modules are set aside, then put back."""
+    archive = subprocess.run(["git", "archive", revision, "samullm_lc"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    folder = tempfile.mkdtemp()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    ours = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "samullm_lc"}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("samullm_lc.costmodel.simulator")
+    finally:
+        sys.path.remove(folder)
+        for name in [name for name in sys.modules if name.split(".")[0] == "samullm_lc"]:
+            del sys.modules[name]
+        sys.modules.update(ours)
 
 
 def time_runs(run: Callable[[], simulator.SimulationResult], repeats: int) -> dict:

@@ -1,8 +1,14 @@
 """samullm_lc: offline multi-LLM pipelines on a planner-driven pool of vLLM engines.
 
-The cost model (sampling then simulation, after SamuLLM, Fang et al. 2025) is public at the root:
-``import samullm_lc as samullm; samullm.CostModel("Llama-2-7b-hf", "A100-80GB").estimate(...)``.
+What users call is at the root: the LangChain drop-in (``samullm.offline()``, ``samullm.wrap(chain)``), the
+engine pool (``EnginePool``), the app graph and the planner (``AppGraph``, ``Cluster``, ``plan_app``), and the
+cost model (sampling then simulation, after SamuLLM, Fang et al. 2025:
+``samullm.CostModel("Llama-2-7b-hf", "A100-80GB").estimate(...)``). The cost model and the errors import with
+the package; the rest on first use, so ``import samullm_lc`` stays light (LangChain and the planner load only
+when asked for).
 """
+
+from importlib import import_module
 
 from samullm_lc.costmodel.architecture import ModelArchitecture, catalogue_names, resolve_architecture
 from samullm_lc.costmodel.estimator import CostModel, Estimate
@@ -20,6 +26,7 @@ from samullm_lc.errors import (
     DoesNotFitError,
     EngineError,
     ProfileError,
+    RequestError,
     SamullmError,
     UnknownHardwareError,
     UnknownModelError,
@@ -27,47 +34,70 @@ from samullm_lc.errors import (
 
 __version__ = "0.1.0"
 
-_DROP_IN = {"offline", "wrap", "ChatSamullm", "SamullmLLM"}
+_ON_FIRST_USE = {
+    **dict.fromkeys(("offline", "wrap", "ChatSamullm", "SamullmLLM"), "samullm_lc.langchain"),
+    **dict.fromkeys(("EnginePool", "RunReport", "GenerationResult", "SamplingSpec"), "samullm_lc.runtime"),
+    **dict.fromkeys(("AppGraph", "LLMNode"), "samullm_lc.graph.app_graph"),
+    **dict.fromkeys(("Cluster", "ExecutionPlan", "Plan", "plan_app", "evaluate_plan", "replan"), "samullm_lc.planner"),
+}
+"""Root names imported on first use, and the subpackage that defines each."""
 
 
 def __getattr__(name: str) -> object:
-    """The LangChain drop-in, imported on first use (``samullm.offline``, ``samullm.wrap``, ...)."""
-    if name in _DROP_IN:
-        import samullm_lc.langchain as drop_in
-
-        return getattr(drop_in, name)
+    """A root name of ``_ON_FIRST_USE``, imported from its subpackage the first time it is asked for."""
+    if name in _ON_FIRST_USE:
+        value = getattr(import_module(_ON_FIRST_USE[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'samullm_lc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ON_FIRST_USE))
 
 
 __all__ = [
     "HARDWARE",
-    "ChatSamullm",
-    "SamullmLLM",
-    "offline",
-    "wrap",
     "AnalyticLatencyModel",
+    "AppGraph",
+    "ChatSamullm",
+    "Cluster",
     "ConfigError",
     "ContinuousBatchingSimulator",
     "CostModel",
     "DoesNotFitError",
     "EngineError",
+    "EnginePool",
     "EngineProfile",
     "Estimate",
+    "ExecutionPlan",
+    "GenerationResult",
     "Hardware",
     "IterationLatencyModel",
+    "LLMNode",
     "LinearLatencyModel",
     "ModelArchitecture",
     "OutputLengthDistribution",
+    "Plan",
     "ProfileError",
+    "RequestError",
+    "RunReport",
+    "SamplingSpec",
     "SamullmError",
+    "SamullmLLM",
     "SchedulerConfig",
     "SimulationResult",
     "UnknownHardwareError",
     "UnknownModelError",
     "catalogue_names",
+    "evaluate_plan",
     "fit_linear_latency",
     "get_hardware",
     "gpu_scheduler_config",
+    "offline",
+    "plan_app",
+    "replan",
     "resolve_architecture",
     "simulate",
+    "wrap",
 ]

@@ -2,12 +2,14 @@
 
 A validator that raises ``ConfigError`` (with a message naming the input and the fix) gets that error back
 unchanged; any other validation failure becomes a ``ConfigError`` naming the model and the first fields at
-fault (location and pydantic's message, without its documentation links).
+fault (location and pydantic's message, without its documentation links). This is the one place pydantic's
+errors become ours: a model names what it is for people (``error_subject``) and may add a hint
+(``error_hint``); code that validates by hand calls ``validation_problems``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -18,6 +20,14 @@ MAX_PROBLEMS_SHOWN = 3  # fields named in one error message; the count of the re
 
 class ValidatedModel(BaseModel):
     """Base model: construction and ``model_validate``/``model_validate_json`` raise ``ConfigError``."""
+
+    error_subject: ClassVar[str | None] = None
+    """What the model is, in an error message (``invalid <subject>: ...``); None: the class name."""
+
+    @classmethod
+    def error_hint(cls) -> str:
+        """A sentence appended to a validation error (what is allowed, how to fix it); empty by default."""
+        return ""
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -49,7 +59,9 @@ def _config_error(model: type, exc: ValidationError) -> ConfigError:
         original = (error.get("ctx") or {}).get("error")
         if isinstance(original, ConfigError):
             return original
-    return ConfigError(f"invalid {model.__name__}: {validation_problems(exc)}")
+    subject = getattr(model, "error_subject", None) or model.__name__
+    hint = model.error_hint() if hasattr(model, "error_hint") else ""
+    return ConfigError(f"invalid {subject}: {validation_problems(exc)}" + (f"; {hint}" if hint else ""))
 
 
 def validation_problems(exc: ValidationError, *, whole: str = "document") -> str:

@@ -1,23 +1,10 @@
-"""Shared fixtures: the real vLLM CPU engine, started once per session and shared by engine tests; the
-paper apps' builder."""
+"""Shared fixtures: the real vLLM CPU engine, started once per session and shared by engine tests."""
 
-import importlib.util
 import os
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_paper_apps() -> ModuleType:
-    """``scripts/build_paper_apps.py``, imported by path (``scripts/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("build_paper_apps", ROOT / "scripts" / "build_paper_apps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

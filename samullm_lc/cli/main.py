@@ -16,6 +16,7 @@ from samullm_lc.cli.plan_command import plan
 from samullm_lc.cli.run_command import run
 from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.limits import DEMO_QUESTIONS, OUTPUT_LENGTH_SAMPLES, REQUESTS_PER_ESTIMATE, TOKENS_PER_REQUEST
+from samullm_lc.planner.planners import DEFAULT_PLANNER
 
 app = typer.Typer(
     help="samullm_lc: plan and run offline multi-LLM pipelines on vLLM (SamuLLM: sampling then simulation).",
@@ -25,7 +26,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_KV_CACHE_MIB = 256
-DEMO_PLANNER = "search"
+DEMO_PLANNER = DEFAULT_PLANNER
 LIMITS_DOC = "docs/cost-model.md#limits"
 
 

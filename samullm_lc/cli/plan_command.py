@@ -17,6 +17,7 @@ from rich.table import Table
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
 from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
+from samullm_lc.planner.planners import DEFAULT_PLANNER, EXHAUSTIVE_MAX_GPUS, EXHAUSTIVE_MAX_MODELS, ExhaustivePlanner
 
 if TYPE_CHECKING:
     from samullm_lc.graph.app_graph import AppGraph
@@ -26,11 +27,13 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 LOWER_BOUND_KEY = "lower_bound"
-DEFAULT_PLANNER = "search"
-EXHAUSTIVE = "exhaustive"
-# --compare runs the exhaustive planner only on instances as small as the ones it is the yardstick for.
-EXHAUSTIVE_MAX_MODELS = 5
-EXHAUSTIVE_MAX_GPUS = 4
+EXHAUSTIVE = ExhaustivePlanner.name
+COMPARE_EXHAUSTIVE_MAX_MODELS = EXHAUSTIVE_MAX_MODELS - 1
+"""--compare runs the exhaustive planner (unless it is the --planner) only on instances a size below the planner's
+own limits (``planner.planners.EXHAUSTIVE_MAX_MODELS``): the small ones it is the yardstick for, where it answers in
+seconds beside the others."""
+COMPARE_EXHAUSTIVE_MAX_GPUS = EXHAUSTIVE_MAX_GPUS // 2
+"""The GPU count above which --compare skips the exhaustive planner (half the planner's own limit)."""
 
 
 def _load_app(path: Path) -> AppGraph:
@@ -53,11 +56,11 @@ def _check_topology(topology: str | None) -> None:
 def _too_big_for_exhaustive(app: AppGraph, cluster: Cluster) -> str | None:
     """Why --compare skips the exhaustive planner on this instance, or None when it runs it."""
     models = len(app.models())
-    if models <= EXHAUSTIVE_MAX_MODELS and cluster.num_gpus <= EXHAUSTIVE_MAX_GPUS:
+    if models <= COMPARE_EXHAUSTIVE_MAX_MODELS and cluster.num_gpus <= COMPARE_EXHAUSTIVE_MAX_GPUS:
         return None
     return (
-        f"exhaustive search is for small instances (at most {EXHAUSTIVE_MAX_MODELS} models on "
-        f"{EXHAUSTIVE_MAX_GPUS} GPUs; this is {models} on {cluster.num_gpus}); "
+        f"exhaustive search is for small instances (at most {COMPARE_EXHAUSTIVE_MAX_MODELS} models on "
+        f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs; this is {models} on {cluster.num_gpus}); "
         f"add --planner {EXHAUSTIVE} to run it anyway"
     )
 
@@ -102,8 +105,8 @@ def plan(
         typer.Option(help=(
             "Run every planner and print their estimates side by side; with --json one object "
             f"planner -> estimated seconds, plus '{LOWER_BOUND_KEY}' (a lower bound on the makespan) and "
-            f"'skipped' (planner -> reason): {EXHAUSTIVE} is skipped above {EXHAUSTIVE_MAX_MODELS} models or "
-            f"{EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner."
+            f"'skipped' (planner -> reason): {EXHAUSTIVE} is skipped above {COMPARE_EXHAUSTIVE_MAX_MODELS} models or "
+            f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner."
         )),
     ] = False,
     gantt: Annotated[Path | None, typer.Option(

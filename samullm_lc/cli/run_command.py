@@ -18,6 +18,7 @@ from rich.console import Console
 
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
 from samullm_lc.errors import PoolError, SamullmError
+from samullm_lc.planner.planners import DEFAULT_PLANNER
 
 if TYPE_CHECKING:
     from samullm_lc.graph.app_graph import AppGraph
@@ -32,7 +33,7 @@ def run(
     app_path: Annotated[Path, typer.Argument(metavar="APP.json", help="Application graph (AppGraph JSON).")],
     cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE: e.g. 2xcpu here (one engine slot per core), 8xA100-80GB.")],
     backend: Annotated[str, typer.Option(help="vllm (real engines) or sim (the cost model on a virtual clock).")] = "vllm",
-    planner: Annotated[str, typer.Option(help="The planner (see `samullm plan --help`).")] = "search",
+    planner: Annotated[str, typer.Option(help="The planner (see `samullm plan --help`).")] = DEFAULT_PLANNER,
     journal: Annotated[Path | None, typer.Option(help="SQLite journal: an interrupted run resumes from it.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write the run report (JSON, mode 0600).")] = None,
     gantt: Annotated[Path | None, typer.Option(help="Draw the actual run (PNG; SVG, PDF by suffix).")] = None,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from samullm_lc.errors import UnknownHardwareError
+from samullm_lc.validated import ValidatedModel
 
 GiB = 1024**3
 GB = 10**9
 
 
-class Hardware(BaseModel):
+class Hardware(ValidatedModel):
     """One device type."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

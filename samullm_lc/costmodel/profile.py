@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from samullm_lc.costmodel.architecture import ModelArchitecture
 from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
@@ -17,9 +17,10 @@ from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ProfileError
 from samullm_lc.user_files import read_user_text, write_private
+from samullm_lc.validated import ValidatedModel
 
 
-class EngineProfile(BaseModel):
+class EngineProfile(ValidatedModel):
     """Measured facts about one engine configuration; JSON round-trip."""
 
     model_config = ConfigDict(extra="forbid")

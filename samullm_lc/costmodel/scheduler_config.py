@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
 
 
-class SchedulerConfig(BaseModel):
+class SchedulerConfig(ValidatedModel):
     """Limits of one engine: batch size, token budget per step, KV-cache blocks."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

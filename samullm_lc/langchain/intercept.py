@@ -277,7 +277,7 @@ class PoolCompletionClient:
 
 
 class _CompletionOutput:
-    __slots__ = ("text", "finish_reason")
+    __slots__ = ("finish_reason", "text")
 
     def __init__(self, text: str, finish_reason: str | None) -> None:
         self.text, self.finish_reason = text, finish_reason

@@ -23,7 +23,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field
 
-from samullm_lc.errors import RequestError, SamullmError
+from samullm_lc.errors import ConfigError, RequestError, SamullmError
 from samullm_lc.langchain.session import OfflineSession, active_session
 
 OUTSIDE_BLOCK = ("{cls} is served by samullm's engine pool, which runs only inside `with samullm.offline(...):` "
@@ -54,6 +54,10 @@ class _PoolSampling(BaseModel):
         "refused (it would fail the same way) and re-runs on its own the calls of an engine that died."))
     api_key: str | None = Field(None, description="LangChain's standard setting, accepted for compatibility; "
                                 "the in-process pool needs no key.")
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return self._request_fields(None, {})
 
     def _request_fields(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         fields = {name: getattr(self, name) for name in ("temperature", "max_tokens", "top_p", "seed",
@@ -92,10 +96,6 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
     @property
     def _llm_type(self) -> str:
         return "samullm-chat"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self._request_fields(None, {})
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
@@ -146,7 +146,8 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
         schema; ``function_calling`` is served the same way, as no tool parser runs); ``json_mode`` asks only
         for a JSON object. The grammar always holds the answer to the schema, so ``strict`` changes nothing."""
         if kwargs:
-            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+            raise ConfigError(f"with_structured_output takes no arguments {sorted(kwargs)}; it takes schema, method, "
+                              f"include_raw and strict")
         is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
         json_schema = convert_to_json_schema(schema)
         traced = {"kwargs": {"method": method, "strict": strict}, "schema": json_schema}
@@ -156,7 +157,7 @@ class ChatSamullm(_PoolSampling, BaseChatModel):
         elif method == "json_mode":
             response_format = {"type": "json_object"}
         else:
-            raise ValueError(f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}")
+            raise ConfigError(f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}")
         bound = self.bind(response_format=response_format, ls_structured_output_format=traced)
         parser = PydanticOutputParser(pydantic_object=schema) if is_model else JsonOutputParser()
         if not include_raw:
@@ -173,10 +174,6 @@ class SamullmLLM(_PoolSampling, BaseLLM):
     @property
     def _llm_type(self) -> str:
         return "samullm-completion"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return self._request_fields(None, {})
 
     def _bodies(self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
         return [{"prompt": prompt, **self._request_fields(stop, kwargs), "stream": False} for prompt in prompts]

@@ -22,11 +22,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.langchain import sites
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.pool import EnginePool, check_backend
 from samullm_lc.runtime.report import RunReport
 from samullm_lc.runtime.requests import GenerationResult
@@ -60,7 +61,18 @@ def active_session() -> OfflineSession | None:
 
 
 class OfflineSession:
-    """One ``offline()`` block: the pool, the model names clients may use, and what the block counted."""
+    """One ``offline()`` block: LangChain's LLM clients inside it are served by an in-process pool of vLLM engines.
+
+    ``models`` maps the model names the clients use to weights (a Hugging Face id in the local cache, a model
+    folder, or a tiny model's name); a list means each name is its own weights; None serves every client by
+    its own model name. ``devices`` is a cluster such as ``"8xA100-80GB"`` (default: the GPUs CUDA shows,
+    else one CPU engine slot per core). ``journal`` makes a rerun of an interrupted batch recompute only what
+    had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting). ``tool_parser``
+    serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would. ``profiles``
+    gives measured engine profiles by model (otherwise each CPU model is profiled once and cached).
+
+    The session holds the pool, the model names clients may use, and what the block counted.
+    """
 
     def __init__(
         self,
@@ -70,7 +82,7 @@ class OfflineSession:
         journal: str | Path | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         backend: str = "vllm",
-        planner: str = "search",
+        planner: str = DEFAULT_PLANNER,
         progress: bool | None = None,
         profiles: dict[str, Any] | None = None,
         tool_parser: str | None = None,
@@ -97,7 +109,7 @@ class OfflineSession:
         self._interrupt_handler: tuple[Any, Any] | None = None  # (ours, the one it replaced)
 
     # ---- the block -----------------------------------------------------------------------------------
-    def __enter__(self) -> OfflineSession:
+    def __enter__(self) -> Self:
         self.open(process_wide=True)
         self._tokens.append(self.activate())
         return self
@@ -243,29 +255,8 @@ class OfflineSession:
         return pool_profiles([m for m in models if m not in self._profiles]) if models else {}
 
 
-def offline(
-    models: Mapping[str, str] | Iterable[str] | None = None,
-    *,
-    devices: str | Cluster | None = None,
-    journal: str | Path | None = None,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    backend: str = "vllm",
-    planner: str = "search",
-    progress: bool | None = None,
-    tool_parser: str | None = None,
-    seed: int = 0,
-) -> OfflineSession:
-    """A block in which LangChain's LLM clients are served by an in-process pool of vLLM engines.
-
-    ``models`` maps the model names the clients use to weights (a Hugging Face id in the local cache, a model
-    folder, or a tiny model's name); a list means each name is its own weights; None serves every client by
-    its own model name. ``devices`` is a cluster such as ``"8xA100-80GB"`` (default: the GPUs CUDA shows,
-    else one CPU engine slot per core). ``journal`` makes a rerun of an interrupted batch recompute only what
-    had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting). ``tool_parser``
-    serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would.
-    """
-    return OfflineSession(models=models, devices=devices, journal=journal, max_concurrency=max_concurrency,
-                          backend=backend, planner=planner, progress=progress, tool_parser=tool_parser, seed=seed)
+offline = OfflineSession
+"""``samullm.offline(...)``: open a block (``with samullm.offline(models=...):``); see ``OfflineSession``."""
 
 
 def _asks_for_tool_calls(body: dict[str, Any]) -> bool:

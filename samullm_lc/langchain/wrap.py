@@ -14,7 +14,7 @@ import contextvars
 import threading
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
@@ -68,7 +68,7 @@ class PoolRunnable(Runnable):
         """Stop the pool's engines (a later call starts a new pool)."""
         self.session.close()
 
-    def __enter__(self) -> PoolRunnable:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:

@@ -13,7 +13,6 @@ from samullm_lc.planner.state import RunState
 
 __all__ = [
     "PLANNERS",
-    "check_planner",
     "Cluster",
     "ExecutionPlan",
     "Plan",
@@ -21,6 +20,7 @@ __all__ = [
     "Stage",
     "StageEntry",
     "Topology",
+    "check_planner",
     "evaluate_plan",
     "lower_bound_seconds",
     "plan_app",

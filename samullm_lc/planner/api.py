@@ -1,12 +1,15 @@
 """The planner's public entry points: plan an app, re-simulate a plan, bound the makespan, re-plan mid-run.
 
 Every estimate here is the faithful replay of a plan (``replay.py``) on sampled output lengths; the
-stage model and the curves only steer the search.
+stage model and the curves only steer the search. Planning works on replayed runs (their stage records, the
+preload post-pass included) and turns the chosen run into a ``Plan`` once, at the end (``_to_plan``); a
+``Plan`` is read back only to evaluate it or from a ``RunState``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -16,22 +19,23 @@ from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.bounds import standalone_lower_bound
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_context, build_engines
+from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.curves import BATCHES_SIMULATED
-from samullm_lc.planner.options import ModelEngines, option_for
+from samullm_lc.planner.options import ModelOptions, option_for
 from samullm_lc.planner.placement import Assignment
-from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
-from samullm_lc.planner.planners import drive, get_planner
+from samullm_lc.planner.plan import DeviceMemory, ExecutionPlan, Plan, Stage, StageEntry
+from samullm_lc.planner.planners import DEFAULT_PLANNER, drive, get_planner
 from samullm_lc.planner.preload import RUNNING_SHARES, longest_preloadable, preload
-from samullm_lc.planner.replay import ExactRun
+from samullm_lc.planner.replay import ExactRun, StageChoice
 from samullm_lc.planner.search import GreedyPolicy
+from samullm_lc.planner.stages import Group
 from samullm_lc.planner.state import RunState
 
 
 def plan_app(
     app: AppGraph,
     cluster: Cluster,
-    planner: str = "search",
+    planner: str = DEFAULT_PLANNER,
     *,
     seed: int = 0,
     num_samples: int = 1,
@@ -51,15 +55,15 @@ def plan_app(
     """
     started = time.perf_counter()
     settings = _settings(allow_gpu_sharing, allow_replicas, curve_batches)
-    engines = build_engines(app, cluster, profiles=profiles)
-    return _plan(app, cluster, planner, engines, settings, seed=seed, num_samples=num_samples, started=started)
+    model_options = build_app_options(app, cluster, profiles=profiles)
+    return _plan(app, cluster, planner, model_options, settings, seed=seed, num_samples=num_samples, started=started)
 
 
 def replan(
     app: AppGraph,
     cluster: Cluster,
     state: RunState,
-    planner: str = "search",
+    planner: str = DEFAULT_PLANNER,
     *,
     seed: int = 0,
     allow_gpu_sharing: bool = True,
@@ -74,11 +78,11 @@ def replan(
     started = time.perf_counter()
     state.check(app)
     settings = PlanningSettings(allow_sharing=allow_gpu_sharing, allow_replicas=allow_replicas, cold_start=False)
-    engines = build_engines(app, cluster, profiles=profiles, output_lengths=state.output_lengths,
-                            load_seconds=state.load_seconds)
-    running = {m: _assignment(plan, cluster, engines[m]) for m, plan in state.engines.items() if plan is not None}
+    model_options = build_app_options(app, cluster, profiles=profiles, output_lengths=state.output_lengths,
+                                      load_seconds=state.load_seconds)
+    running = {m: _assignment(plan, cluster, model_options[m]) for m, plan in state.engines.items() if plan is not None}
     finished = {node: np.asarray(requests, dtype=np.int64) for node, requests in state.finished.items()}
-    return _plan(app, cluster, planner, engines, settings, seed=seed, num_samples=1, started=started,
+    return _plan(app, cluster, planner, model_options, settings, seed=seed, num_samples=1, started=started,
                  finished=finished, known_outputs=state.output_tokens, running=running)
 
 
@@ -96,9 +100,8 @@ def evaluate_plan(
     the listed stages are over (other output lengths can finish nodes in another order), the rest is
     completed greedily.
     """
-    engines = build_engines(app, cluster, profiles=profiles)
-    ctx = build_context(app, cluster, engines, PlanningSettings(), seed=seed)
-    return _replay(ctx, plan).end_seconds()
+    ctx = build_context(app, cluster, build_app_options(app, cluster, profiles=profiles), PlanningSettings(), seed=seed)
+    return _replay(ctx, _plan_stages(ctx, plan)).end_seconds()
 
 
 def lower_bound_seconds(
@@ -107,8 +110,8 @@ def lower_bound_seconds(
 ) -> float:
     """max(longest model alone on its fastest plan, total GPU-seconds of work / GPUs), loads included (on the
     curves of ``curve_batches``-batch simulations, as ``plan_app``)."""
-    engines = build_engines(app, cluster, profiles=profiles)
-    ctx = build_context(app, cluster, engines, _settings(True, True, curve_batches), seed=seed)
+    model_options = build_app_options(app, cluster, profiles=profiles)
+    ctx = build_context(app, cluster, model_options, _settings(True, True, curve_batches), seed=seed)
     return standalone_lower_bound(ctx)
 
 
@@ -118,60 +121,60 @@ def _settings(allow_sharing: bool, allow_replicas: bool, curve_batches: int) -> 
 
 
 # ---- internals ---------------------------------------------------------------------------------------
-def _plan(app: AppGraph, cluster: Cluster, planner: str, engines: dict[str, ModelEngines],
+def _plan(app: AppGraph, cluster: Cluster, planner: str, model_options: dict[str, ModelOptions],
           settings: PlanningSettings, *, seed: int, num_samples: int, started: float,
           finished: dict[str, np.ndarray] | None = None, known_outputs: dict[str, dict[int, int]] | None = None,
           running: dict[str, Assignment] | None = None) -> Plan:
     PLAN_SAMPLES.check(num_samples)
     chosen = get_planner(planner)
     contexts = [
-        build_context(app, cluster, engines, settings, seed=seed, sample_index=k, finished=finished,
+        build_context(app, cluster, model_options, settings, seed=seed, sample_index=k, finished=finished,
                       known_outputs=known_outputs)
         for k in range(num_samples)
     ]
-    plans = []
+    runs = []
     for ctx in contexts:
-        run = chosen.run(ctx, lambda ctx=ctx: ExactRun(ctx, engines=running))
-        plan = _to_plan(ctx, run, chosen.name)
+        run = chosen.run(ctx, lambda ctx=ctx: ExactRun(ctx, running=running))
         if chosen.preloads and settings.allow_sharing and cluster.spec.kind == "gpu":
-            plan = _with_preload(ctx, plan, running)
-        plans.append(plan)
+            run = _with_preload(ctx, run, running)
+        runs.append(run)
     if num_samples == 1:
-        best = plans[0]
+        best = _to_plan(contexts[0], runs[0], chosen.name)
     else:
-        scores = [[_replay(ctx, plan, running).end_seconds() for ctx in contexts] for plan in plans]
+        scores = [[_replay(ctx, [s.choice() for s in run.stages], running).end_seconds() for ctx in contexts]
+                  for run in runs]
         index = int(np.argmin([np.mean(s) for s in scores]))
-        best, times = plans[index], scores[index]
+        best, times = _to_plan(contexts[index], runs[index], chosen.name), scores[index]
         best.estimated_seconds = float(np.mean(times))
         best.estimated_seconds_spread = (float(min(times)), float(max(times)))
     best.planning_seconds = time.perf_counter() - started
     return best
 
 
-def _with_preload(ctx: PlanningContext, plan: Plan, running: dict[str, Assignment] | None) -> Plan:
-    """``plan`` or, if one replays faster, its variant that loads an engine during the stage before
+def _with_preload(ctx: PlanningContext, run: ExactRun, running: dict[str, Assignment] | None) -> ExactRun:
+    """``run`` or, if one replays faster, its variant that loads an engine during the stage before
     (``preload.py``). The stages before the changed one are replayed once and forked for each share."""
-    candidate = longest_preloadable(plan)
+    candidate = longest_preloadable(run.stages, run.end_seconds())
     if candidate is None:
-        return plan
+        return run
     k, entry = candidate
-    prefix = _replay_stages(ctx, ExactRun(ctx, engines=running), plan.stages[:k])
-    best = plan
+    prefix = _replay_stages(ctx, ExactRun(ctx, running=running), [s.choice() for s in run.stages[:k]])
+    best = run
     for share in RUNNING_SHARES:
-        variant = preload(plan, k, entry, share)
         try:
-            run = _finish(ctx, _replay_stages(ctx, prefix.fork(), variant.stages[k:]))
+            variant = _finish(ctx, _replay_stages(ctx, prefix.fork(), preload(run.stages, k, entry, share)))
         except DoesNotFitError:  # the share leaves too little memory for a model and a minimum KV cache
             continue
-        if run.end_seconds() >= best.estimated_seconds - 1e-9:
+        if variant.end_seconds() >= best.end_seconds() - 1e-9:
             break
-        best = _to_plan(ctx, run, plan.planner)
+        best = variant
     return best
 
 
-def _replay(ctx: PlanningContext, plan: Plan, running: dict[str, Assignment] | None = None) -> ExactRun:
-    """Replay a plan's stages, then finish greedily whatever they leave."""
-    return _finish(ctx, _replay_stages(ctx, ExactRun(ctx, engines=running), plan.stages))
+def _replay(ctx: PlanningContext, stages: Iterable[StageChoice], running: dict[str, Assignment] | None = None
+            ) -> ExactRun:
+    """Replay the stages, then finish greedily whatever they leave."""
+    return _finish(ctx, _replay_stages(ctx, ExactRun(ctx, running=running), stages))
 
 
 def _finish(ctx: PlanningContext, run: ExactRun) -> ExactRun:
@@ -179,23 +182,28 @@ def _finish(ctx: PlanningContext, run: ExactRun) -> ExactRun:
     return drive(ctx, run, GreedyPolicy(ctx)) if not run.done() else run
 
 
-def _replay_stages(ctx: PlanningContext, run: ExactRun, stages: list[Stage]) -> ExactRun:
-    """Continue ``run`` through the listed stages: each runs its engines on its listed nodes until one of them
-    finishes."""
+def _replay_stages(ctx: PlanningContext, run: ExactRun, stages: Iterable[StageChoice]) -> ExactRun:
+    """Continue ``run`` through the stages: each runs its placements on its listed nodes until one of them
+    finishes (a stage whose nodes have all finished is skipped)."""
     for stage in stages:
         if run.done():
             break
-        group = tuple(sorted(_assignment(e.plan, ctx.cluster, ctx.engines[_model(ctx, e.plan.model)])
-                             for e in stage.entries))
-        listed = {entry.plan.model: [_node(ctx, name) for name in entry.nodes] for entry in stage.entries}
-        _check_capacity(group, ctx.cluster)
-        if any(n not in run.finished_nodes() for nodes in listed.values() for n in nodes):
-            run.run_stage(group, listed)
+        _check_stage(ctx, stage.group)
+        if any(n not in run.finished_nodes() for nodes in stage.nodes.values() for n in nodes):
+            run.run_stage(stage.group, stage.nodes)
     return run
 
 
+def _plan_stages(ctx: PlanningContext, plan: Plan) -> Iterator[StageChoice]:
+    """A plan's stages as replay input, each checked against the cluster and the app as it is reached."""
+    for stage in plan.stages:
+        group = tuple(sorted(_assignment(e.plan, ctx.cluster, ctx.model_options[_model(ctx, e.plan.model)])
+                             for e in stage.entries))
+        yield StageChoice(group, {e.plan.model: [_node(ctx, name) for name in e.nodes] for e in stage.entries})
+
+
 def _model(ctx: PlanningContext, model: str) -> str:
-    if model not in ctx.engines:
+    if model not in ctx.model_options:
         raise ConfigError(f"the plan runs model {model!r}, which app {ctx.app.name!r} does not use")
     return model
 
@@ -206,42 +214,32 @@ def _node(ctx: PlanningContext, name: str) -> int:
     return ctx.workload.index[name]
 
 
-def _assignment(plan: ExecutionPlan, cluster: Cluster, engines: ModelEngines) -> Assignment:
-    """Check an execution plan against the cluster and the model's memory needs.
-
-    A TP1 engine at memory_fraction 0.5 shares its GPU with another computing engine (time-sliced, slowed);
-    any other fraction below 1 leaves room for an engine preloading beside it (not slowed).
-    """
-    option = option_for(plan.tp, plan.replicas, plan.memory_fraction)
-    if option.shared and plan.replicas != 1:
-        raise ConfigError(f"plan for {plan.model}: GPU sharing (TP1 at memory_fraction 0.5) is one engine; "
-                          f"list each shared replica as its own plan")
+def _assignment(plan: ExecutionPlan, cluster: Cluster, options: ModelOptions) -> Assignment:
+    """Check an execution plan against the cluster and the model: each replica on an aligned TP block the
+    topology connects, at a degree the model fits."""
     if any(not 0 <= g < cluster.num_gpus for g in plan.gpus):
         raise ConfigError(f"plan for {plan.model}: GPUs {list(plan.gpus)} are not all in {cluster}")
     groups = set(cluster.tp_groups(plan.tp))
-    for r in range(plan.replicas):
-        block = tuple(plan.gpus[r * plan.tp:(r + 1) * plan.tp])
+    for block in plan.replica_devices():
         if block not in groups:
             raise ConfigError(
                 f"plan for {plan.model}: TP group {list(block)} is not one of the aligned blocks the "
                 f"{cluster.topology} topology connects ({[list(g) for g in sorted(groups)]})"
             )
-    if plan.tp not in engines.tps:
+    if plan.tp not in options.tps:
         raise DoesNotFitError(
-            f"model {plan.model} does not fit TP{plan.tp} on {cluster}; it fits at TP {list(engines.tps)}"
+            f"model {plan.model} does not fit TP{plan.tp} on {cluster}; it fits at TP {list(options.tps)}"
         )
-    if option.memory_fraction < 1.0:
-        engines.scheduler(option)
-    return Assignment(plan.model, option, tuple(plan.gpus))
+    return Assignment(plan.model, option_for(plan), tuple(plan.gpus))
 
 
-def _check_capacity(group: tuple[Assignment, ...], cluster: Cluster) -> None:
-    """No GPU holds more than one whole engine or two half engines."""
-    load = [0.0] * cluster.num_gpus
-    for assignment in group:
-        for g in assignment.gpus:
-            load[g] += assignment.option.memory_fraction
-    over = [g for g, used in enumerate(load) if used > 1.0 + 1e-9]
+def _check_stage(ctx: PlanningContext, group: Group) -> None:
+    """Every engine's memory share holds its model and a minimum KV cache (``DoesNotFitError`` if not), and no
+    GPU holds more than all of its memory (``ConfigError``)."""
+    for placed in group:
+        if placed.option.memory_fraction < 1.0:
+            ctx.model_options[placed.model].scheduler(placed.option)
+    over = DeviceMemory((placed.gpus, placed.option.memory_fraction) for placed in group).over_committed()
     if over:
         raise ConfigError(f"the stage puts more than one GPU's memory on GPUs {over}; give each engine its own GPUs")
 
@@ -254,9 +252,7 @@ def _to_plan(ctx: PlanningContext, run: ExactRun, planner: str) -> Plan:
         entries = [
             StageEntry(
                 nodes=[names[n] for n in entry.nodes],
-                plan=ExecutionPlan(model=entry.assignment.model, tp=entry.assignment.option.tp,
-                                   replicas=entry.assignment.option.replicas, gpus=entry.assignment.gpus,
-                                   memory_fraction=entry.assignment.option.memory_fraction),
+                plan=_execution_plan(entry.assignment),
                 load_seconds=entry.load,
                 finished_nodes=[names[n] for n in entry.finished],
                 requests_done={names[n]: count for n, count in entry.requests_done.items()},
@@ -266,3 +262,10 @@ def _to_plan(ctx: PlanningContext, run: ExactRun, planner: str) -> Plan:
         stages.append(Stage(start_seconds=record.start, end_seconds=record.end, entries=entries))
     return Plan(app=ctx.app.name, cluster=str(ctx.cluster), planner=planner, stages=stages,
                 estimated_seconds=run.end_seconds())
+
+
+def _execution_plan(placed: Assignment) -> ExecutionPlan:
+    """The execution plan of a placement (``options.option_for`` reads it back)."""
+    option = placed.option
+    return ExecutionPlan(model=placed.model, tp=option.tp, replicas=option.replicas, gpus=placed.gpus,
+                         memory_fraction=option.memory_fraction, time_sliced=option.time_sliced)

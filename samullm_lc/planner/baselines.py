@@ -77,13 +77,13 @@ class _StaticPolicy:
             raise SamullmError(f"{type(self).__name__}: no waiting model fits the free GPUs of {self.ctx.cluster}")
         return group
 
-    def _smallest(self, state: StageState, model: str, *, shared: bool) -> EngineOption:
-        """The fastest option on the fewest GPUs (half a GPU allowed if ``shared``)."""
-        return self.ctx.curves[model].smallest(whole=not shared).option
+    def _smallest(self, state: StageState, model: str, *, time_sliced: bool) -> EngineOption:
+        """The fastest option on the fewest GPUs (a time-sliced half GPU allowed if ``time_sliced``)."""
+        return self.ctx.curves[model].smallest(whole=not time_sliced).option
 
     def _work(self, state: StageState, model: str) -> float:
         """GPU-seconds of the model's remaining work on its smallest whole-GPU option."""
-        option = self._smallest(state, model, shared=False)
+        option = self._smallest(state, model, time_sliced=False)
         tokens = float(sum(state.remaining[n] for n in self.ctx.model_nodes(model)))
         return option.num_gpus * self.ctx.curves[model].curve(option).remaining_seconds(tokens)
 
@@ -117,7 +117,7 @@ class AllAtOncePolicy(_StaticPolicy):
         used = 0.0
         for model in sorted(waiting, key=lambda m: -work[m]):
             curves = self.ctx.curves[model]
-            curve = curves.curve(self._smallest(state, model, shared=False))
+            curve = curves.curve(self._smallest(state, model, time_sliced=False))
             target = min(free - used, max(curve.option.num_gpus, free * work[model] / total))
             while (bigger := curves.next_faster(curve, target - curve.option.num_gpus)) is not None:
                 curve = bigger
@@ -132,12 +132,12 @@ class MuxServeLikePolicy(_StaticPolicy):
     """Largest models first on their smallest plans (small ones on half a GPU), spare GPUs by work."""
 
     def _allocate(self, state: StageState, waiting: list[str], free: float) -> list[tuple[str, EngineOption]]:
-        size = {m: self.ctx.engines[m].architecture.weight_bytes for m in waiting}
+        size = {m: self.ctx.model_options[m].architecture.weight_bytes for m in waiting}
         crowded = len(waiting) > free
         picked: dict[str, EngineOption] = {}
         used = 0.0
         for model in sorted(waiting, key=lambda m: -size[m]):
-            option = self._smallest(state, model, shared=crowded)
+            option = self._smallest(state, model, time_sliced=crowded)
             if used + option.num_gpus <= free:
                 picked[model] = option
                 used += option.num_gpus
@@ -146,7 +146,7 @@ class MuxServeLikePolicy(_StaticPolicy):
         return list(picked.items())
 
 
-BASELINE_POLICIES: dict[str, type[SequentialPolicy] | type[_StaticPolicy]] = {
+BASELINE_POLICIES: dict[str, type[SequentialPolicy | _StaticPolicy]] = {
     "sequential": SequentialPolicy,
     "all-at-once": AllAtOncePolicy,
     "muxserve-like": MuxServeLikePolicy,

@@ -15,7 +15,7 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.curves import BATCHES_SIMULATED, ModelCurves, model_curves
-from samullm_lc.planner.options import EngineOption, ModelEngines, build_model_engines
+from samullm_lc.planner.options import EngineOption, ModelOptions, build_model_options
 from samullm_lc.planner.workload import Workload, sample_workload
 
 
@@ -37,7 +37,7 @@ class PlanningContext:
     cluster: Cluster
     settings: PlanningSettings
     workload: Workload
-    engines: dict[str, ModelEngines]
+    model_options: dict[str, ModelOptions]  # per model: its feasible options and their costs
     curves: dict[str, ModelCurves]
     total_tokens: np.ndarray  # per node: tokens of its requests still to run when planning starts
     flops_per_token: np.ndarray  # per node
@@ -71,24 +71,24 @@ class PlanningContext:
         process of an engine that stopped, as the runtime's pool does. CPU engines only: a GPU load time
         (analytic or profiled) includes the start-up.
         """
-        return self.engines[model].process_start_seconds if self.settings.cold_start and first_stage else 0.0
+        return self.model_options[model].process_start_seconds if self.settings.cold_start and first_stage else 0.0
 
     def model_work(self, remaining: np.ndarray) -> np.ndarray:
         """Tokens left per model (in ``models`` order) given tokens left per node."""
         return self.membership @ remaining
 
 
-def build_engines(
+def build_app_options(
     app: AppGraph,
     cluster: Cluster,
     *,
     profiles: dict[str, EngineProfile] | None = None,
     output_lengths: dict[str, OutputLengthDistribution] | None = None,
     load_seconds: dict[str, dict[int, float]] | None = None,
-) -> dict[str, ModelEngines]:
-    """Cost models of every model of the app; DoesNotFitError for a model that fits nowhere."""
+) -> dict[str, ModelOptions]:
+    """The options of every model of the app; DoesNotFitError for a model that fits nowhere."""
     return {
-        model: build_model_engines(
+        model: build_model_options(
             model, cluster, profile=(profiles or {}).get(model), output_lengths=(output_lengths or {}).get(model),
             load_overrides=(load_seconds or {}).get(model),
         )
@@ -99,7 +99,7 @@ def build_engines(
 def build_context(
     app: AppGraph,
     cluster: Cluster,
-    engines: dict[str, ModelEngines],
+    model_options: dict[str, ModelOptions],
     settings: PlanningSettings,
     *,
     seed: int = 0,
@@ -109,19 +109,19 @@ def build_context(
 ) -> PlanningContext:
     """Sample the workload and set up lazy curves for every model."""
     workload = sample_workload(
-        app, {m: e.sampling for m, e in engines.items()}, seed=seed, sample_index=sample_index,
+        app, {m: o.sampling for m, o in model_options.items()}, seed=seed, sample_index=sample_index,
         finished=finished, known_outputs=known_outputs,
     )
     curves = {}
-    for model, model_engines in engines.items():
-        options = model_engines.options(
+    for model, options_of_model in model_options.items():
+        options = options_of_model.options(
             cluster.num_gpus, allow_replicas=settings.allow_replicas, allow_sharing=settings.allow_sharing
         )
-        curves[model] = model_curves(workload, model_engines, options, batches=settings.curve_batches)
+        curves[model] = model_curves(workload, options_of_model, options, batches=settings.curve_batches)
     nodes = workload.nodes
     membership = np.array([[1.0 if n.model == m else 0.0 for n in nodes] for m in workload.models])
     return PlanningContext(
-        app=app, cluster=cluster, settings=settings, workload=workload, engines=engines, curves=curves,
+        app=app, cluster=cluster, settings=settings, workload=workload, model_options=model_options, curves=curves,
         total_tokens=np.array([n.remaining_tokens() for n in nodes], dtype=np.float64),
         flops_per_token=np.array([n.flops_per_token for n in nodes], dtype=np.float64),
         node_model=[n.model for n in nodes],

@@ -22,12 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-from samullm_lc.costmodel.latency.base import IterationLatencyModel
+from samullm_lc.costmodel.latency.wrappers import ScaledLatency
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.costmodel.simulator import simulate
-from samullm_lc.planner.options import EngineOption, ModelEngines
+from samullm_lc.planner.options import EngineOption, ModelOptions
 from samullm_lc.planner.workload import Workload
 
 MAX_SCALE = 8
@@ -72,28 +71,6 @@ class EngineCurve:
         return 0.5 * self.rate * self.tail
 
 
-class ScaledLatency:
-    """Prices a step of the scale model as the full engine's step with ``factor`` times its features."""
-
-    def __init__(self, inner: IterationLatencyModel, factor: int) -> None:
-        self.inner = inner
-        self.factor = factor
-        self.per_request_seconds = inner.per_request_seconds
-
-    def step_seconds(
-        self,
-        prefill_tokens: ArrayLike,
-        prefill_seqs: ArrayLike,
-        decode_seqs: ArrayLike,
-        decode_context_tokens: ArrayLike,
-        prefill_attention_pairs: ArrayLike,
-    ) -> np.ndarray:
-        """Seconds of the full engine's step that the scaled step stands for."""
-        k = self.factor
-        return self.inner.step_seconds(*(np.asarray(v) * k for v in (
-            prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs)))
-
-
 def scale_factor(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndarray) -> int:
     """The largest power of two (at most ``MAX_SCALE``) the engine and request set can be shrunk by."""
     longest = scheduler.blocks_for(int((prompt + output).max(initial=1)))
@@ -111,7 +88,7 @@ def batch_size(scheduler: SchedulerConfig, prompt: np.ndarray, output: np.ndarra
     return max(1, min(scheduler.max_num_seqs, int(scheduler.kv_capacity_tokens // mean_length)))
 
 
-def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, output: np.ndarray, *,
+def fit_curve(option: EngineOption, model_options: ModelOptions, prompt: np.ndarray, output: np.ndarray, *,
               batches: int = BATCHES_SIMULATED) -> EngineCurve:
     """Simulate one replica of ``option`` on its round-robin share of the requests and fit the curve.
 
@@ -122,7 +99,7 @@ def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, o
     """
     prompt, output = prompt[:: option.replicas], output[:: option.replicas]
     share = float((prompt + output).sum())
-    scheduler, latency = engines.scheduler(option), engines.latency(option)
+    scheduler, latency = model_options.scheduler(option), model_options.latency(option)
     k = scale_factor(scheduler, prompt, output)
     if k > 1:
         scheduler = scheduler.model_copy(update={
@@ -140,14 +117,14 @@ def fit_curve(option: EngineOption, engines: ModelEngines, prompt: np.ndarray, o
     tail = min(max(0.0, seconds - float(np.nanmax(result.first_token_seconds))), 0.5 * seconds)
     rate = k * float((prompt + output).sum()) / (seconds - tail)
     return EngineCurve(option=option, rate=rate * option.replicas, tail=tail, standalone_seconds=share / rate + tail,
-                       load_seconds=engines.load(option))
+                       load_seconds=model_options.load(option))
 
 
 @dataclass(slots=True)
 class ModelCurves:
     """The simulated options of one model (filled lazily) and the fastest option per GPU count."""
 
-    engines: ModelEngines
+    model_options: ModelOptions
     options: list[EngineOption]
     prompt: np.ndarray
     output: np.ndarray
@@ -160,14 +137,14 @@ class ModelCurves:
     @property
     def model(self) -> str:
         """The model these curves describe."""
-        return self.engines.model
+        return self.model_options.model
 
     def curve(self, option: EngineOption) -> EngineCurve:
         """The curve of ``option``, simulated on first use (or derived from one replica's, see ``_replicated``)."""
         curve = self.curves.get(option)
         if curve is None:
             curve = self.curves[option] = self._replicated(option) or fit_curve(
-                option, self.engines, self.prompt, self.output, batches=self.batches)
+                option, self.model_options, self.prompt, self.output, batches=self.batches)
         return curve
 
     def _replicated(self, option: EngineOption) -> EngineCurve | None:
@@ -179,19 +156,19 @@ class ModelCurves:
         the options of one tensor-parallel degree consistent with each other (fitted separately, each
         carries its own scale-model noise). Short shares are simulated: the tail dominates them.
         """
-        if option.replicas == 1 or option.shared:
+        if option.replicas == 1 or option.time_sliced:
             return None
         single = EngineOption(tp=option.tp)
         if single not in self.options:
             return None
         prompt, output = self.prompt[:: option.replicas], self.output[:: option.replicas]
-        if prompt.size < REPLICATED_MIN_BATCHES * batch_size(self.engines.scheduler(single), prompt, output):
+        if prompt.size < REPLICATED_MIN_BATCHES * batch_size(self.model_options.scheduler(single), prompt, output):
             return None
         base = self.curve(single)
         total = float((self.prompt + self.output).sum())
         rate = base.rate * option.replicas
         return EngineCurve(option=option, rate=rate, tail=base.tail, standalone_seconds=total / rate + base.tail,
-                           load_seconds=self.engines.load(option))
+                           load_seconds=self.model_options.load(option))
 
     def gpu_counts(self) -> list[float]:
         """GPU counts some option of this model occupies, fewest first."""
@@ -217,7 +194,7 @@ class ModelCurves:
                 break
             curve = self.best(count)
             if curve is not None and (not kept or curve.standalone_seconds < kept[-1].standalone_seconds
-                                      or curve.option.shared):
+                                      or curve.option.time_sliced):
                 kept.append(curve)
         return kept
 
@@ -261,12 +238,12 @@ class ModelCurves:
         return list(self.curves.values())
 
 
-def model_curves(workload: Workload, engines: ModelEngines, options: list[EngineOption], *,
+def model_curves(workload: Workload, model_options: ModelOptions, options: list[EngineOption], *,
                  batches: int = BATCHES_SIMULATED) -> ModelCurves:
     """The (lazy) curves of one model over all its unfinished requests, in FCFS (topological) order."""
-    nodes = [workload.nodes[i] for i in workload.model_nodes[engines.model]]
+    nodes = [workload.nodes[i] for i in workload.model_nodes[model_options.model]]
     prompt = np.concatenate([n.prompt[~n.done] for n in nodes])
     output = np.concatenate([n.output[~n.done] for n in nodes])
     if prompt.size == 0:
         prompt, output = np.ones(1, np.int64), np.ones(1, np.int64)
-    return ModelCurves(engines=engines, options=options, prompt=prompt, output=output, batches=batches)
+    return ModelCurves(model_options=model_options, options=options, prompt=prompt, output=output, batches=batches)

@@ -3,8 +3,9 @@
 A person checks a plan faster by eye than by reading ``Plan.describe()``: idle GPUs, long loads and models
 that share a stage show at once. Each engine is a bar on each of its GPUs, from its start through the stages
 it runs on unchanged (same plan and GPUs, no reload); the model-load part of the bar is hatched; engines
-that share a GPU (memory fractions below 1) split its row; the first GPU of each replica carries the model
-and its parallelism (cut at the bar's end); dashed lines mark the stage boundaries. The figure is built on
+that share a GPU (time-sliced, or one loading beside another) split its row, and a time-sliced one's label
+says so; the first GPU of each replica carries the model and its parallelism (cut at the bar's end); dashed
+lines mark the stage boundaries. The figure is built on
 matplotlib's Agg canvas directly, so no global backend is touched and no display is needed.
 """
 
@@ -58,7 +59,7 @@ def _short_name(model: str, limit: int = 18) -> str:
 
 
 @dataclass(slots=True)
-class _Bar:
+class Bar:
     """One engine from its start until it stops or changes: stages it runs through unchanged are merged."""
 
     plan: ExecutionPlan
@@ -69,16 +70,16 @@ class _Bar:
     idle_until: float  # a preloaded engine serves nothing until then
 
 
-def _bars(plan: Plan) -> list[_Bar]:
+def plan_bars(plan: Plan) -> list[Bar]:
     """The plan's engines as bars; an engine that keeps its GPUs and lane without a reload extends its bar."""
-    bars: list[_Bar] = []
-    running: dict[tuple, _Bar] = {}
+    bars: list[Bar] = []
+    running: dict[tuple, Bar] = {}
     for stage in plan.stages:
         sharing: dict[int, list[str]] = {}
         for entry in sorted(stage.entries, key=lambda e: e.plan.model):
             for gpu in entry.plan.gpus:
                 sharing.setdefault(gpu, []).append(entry.plan.model)
-        still_running: dict[tuple, _Bar] = {}
+        still_running: dict[tuple, Bar] = {}
         for entry in stage.entries:
             lanes = tuple((sharing[gpu].index(entry.plan.model), len(sharing[gpu])) for gpu in entry.plan.gpus)
             key = (entry.plan, lanes)
@@ -87,7 +88,7 @@ def _bars(plan: Plan) -> list[_Bar]:
                 bar.end = stage.end_seconds
             else:
                 load = min(entry.load_seconds, stage.end_seconds - stage.start_seconds)
-                bar = _Bar(entry.plan, lanes, stage.start_seconds, stage.end_seconds, load, stage.start_seconds)
+                bar = Bar(entry.plan, lanes, stage.start_seconds, stage.end_seconds, load, stage.start_seconds)
                 bars.append(bar)
             if not entry.nodes:
                 bar.idle_until = stage.end_seconds
@@ -110,10 +111,10 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
 
-    for bar in _bars(plan):
+    for bar in plan_bars(plan):
         colour = colours[bar.plan.model]
         duration = bar.end - bar.start
-        replica_firsts = set(bar.plan.gpus[:: bar.plan.tp])
+        replica_firsts = {devices[0] for devices in bar.plan.replica_devices()}
         for gpu, (lane, lanes) in zip(bar.plan.gpus, bar.lanes):
             height = ROW_HEIGHT / lanes
             bottom = gpu - ROW_HEIGHT / 2 + lane * height
@@ -127,6 +128,7 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
                           align="edge", color=(1.0, 1.0, 1.0, 0.6), edgecolor="white", linewidth=0.6)
             if gpu in replica_firsts and duration >= LABEL_MIN_FRACTION * makespan:
                 parallel = f"TP{bar.plan.tp}" + (f"x{bar.plan.replicas}" if bar.plan.replicas > 1 else "")
+                parallel += " sliced" if bar.plan.time_sliced else ""
                 text = f"{parallel} {_short_name(bar.plan.model)}" if height >= ROW_HEIGHT / 2 else parallel
                 label = axes.text(bar.start + bar.load + 0.01 * makespan, bottom + height / 2, text,
                                   va="center", ha="left", fontsize=7, clip_on=True, color=_ink(colour))
@@ -148,7 +150,7 @@ def draw_gantt(plan: Plan, path: str | Path) -> Path:
                    f"{len(plan.stages)} stages", fontsize=10)
     handles = [Patch(facecolor=colours[model], label=model) for model in models]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="model load"))
-    if any(bar.idle_until > bar.start + bar.load for bar in _bars(plan)):
+    if any(bar.idle_until > bar.start + bar.load for bar in plan_bars(plan)):
         handles.append(Patch(facecolor="0.85", label="loaded, waiting for its stage"))
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     figure.tight_layout()

@@ -1,8 +1,10 @@
 """Which GPUs each engine of a stage gets.
 
 A replica of tensor-parallel degree ``tp`` takes one of the aligned blocks ``Cluster.tp_groups(tp)``, so
-a TP group never spans GPUs the topology does not connect the way the latency model assumes. A shared
-engine takes half of one GPU (two shared engines per GPU at most). Engines that keep their plan from the
+a TP group never spans GPUs the topology does not connect the way the latency model assumes. A
+time-sliced engine takes half of one GPU (two per GPU at most); any other engine owns its GPUs, their compute
+as well as their memory, which is why this counts halves of GPUs rather than memory shares
+(``plan.DeviceMemory``): an engine that is not time-sliced computes at full speed only alone on its GPUs. Engines that keep their plan from the
 previous stage keep their GPUs, so they keep running without a reload; the others are placed largest
 first, each block where it fragments the free GPUs least. If the kept engines leave no room, the fewest
 of them move (smallest first), and the engines that move restart like any changed plan.
@@ -16,7 +18,7 @@ from functools import lru_cache
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.options import EngineOption
 
-_HALVES = 2  # a GPU is two halves of memory: a whole engine takes both, a shared engine one
+_HALVES = 2  # a GPU is two halves: an engine that is not time-sliced takes both, a time-sliced one one
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -51,12 +53,12 @@ def _place(
     fresh: list[tuple[str, EngineOption]] = []
     for model, option in wanted:
         before = previous.get(model)
-        if before is not None and before.option == option and _fits(free, before.gpus, option.shared):
-            _take(free, before.gpus, option.shared)
+        if before is not None and before.option == option and _fits(free, before.gpus, option.time_sliced):
+            _take(free, before.gpus, option.time_sliced)
             out.append(before)
         else:
             fresh.append((model, option))
-    fresh.sort(key=lambda item: (item[1].shared, -item[1].tp, -item[1].replicas, item[0]))
+    fresh.sort(key=lambda item: (item[1].time_sliced, -item[1].tp, -item[1].replicas, item[0]))
     for model, option in fresh:
         gpus = _find(free, cluster, option)
         if gpus is None:
@@ -65,19 +67,19 @@ def _place(
     return tuple(sorted(out))
 
 
-def _fits(free: list[int], gpus: tuple[int, ...], shared: bool) -> bool:
-    need = 1 if shared else _HALVES
+def _fits(free: list[int], gpus: tuple[int, ...], time_sliced: bool) -> bool:
+    need = 1 if time_sliced else _HALVES
     return all(free[g] >= need for g in gpus)
 
 
-def _take(free: list[int], gpus: tuple[int, ...], shared: bool) -> None:
+def _take(free: list[int], gpus: tuple[int, ...], time_sliced: bool) -> None:
     for g in gpus:
-        free[g] -= 1 if shared else _HALVES
+        free[g] -= 1 if time_sliced else _HALVES
 
 
 def _find(free: list[int], cluster: Cluster, option: EngineOption) -> tuple[int, ...] | None:
     """Blocks for every replica of ``option`` (taken from ``free``), or None."""
-    if option.shared:
+    if option.time_sliced:
         half_used = [g for g, f in enumerate(free) if f == 1]
         empty = [g for g, f in enumerate(free) if f == _HALVES]
         choice = (half_used or sorted(empty, key=lambda g: (_free_nearby(free, cluster, g, 1), g)))[:1]

@@ -24,8 +24,12 @@ from samullm_lc.planner.stages import Group, StageState
 REPLAY_MARGIN = 1.05
 """``search`` also replays greedy's or a baseline's plan when the stage model puts it within this factor of
 the best replayed time so far."""
+DEFAULT_PLANNER = "search"
+"""The planner ``plan_app``, ``replan``, the runtime and the command line use unless told otherwise (``SearchPlanner``)."""
 EXHAUSTIVE_MAX_MODELS = 6
+"""The exhaustive planner refuses apps with more models than this: its candidate stages grow exponentially."""
 EXHAUSTIVE_MAX_GPUS = 8
+"""The exhaustive planner refuses clusters with more GPUs than this."""
 
 
 class Policy(Protocol):
@@ -53,10 +57,11 @@ class Planner:
     name: ClassVar[str]
     summary: ClassVar[str]
     preloads: ClassVar[bool] = False  # its plan may load an engine during the stage before (``preload.py``)
+    policy_class: ClassVar[Callable[[PlanningContext], Policy]]  # makes its stage policy for one planning run
 
     def policy(self, ctx: PlanningContext) -> Policy:
         """The stage policy of this planner for one planning run."""
-        raise NotImplementedError
+        return self.policy_class(ctx)
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
         """The replayed run of this planner's plan."""
@@ -68,23 +73,17 @@ class GreedyPlanner(Planner):
 
     name = "greedy"
     summary = "SamuLLM's greedy: the highest-throughput stage each time"
-
-    def policy(self, ctx: PlanningContext) -> Policy:
-        """The stage policy of this planner for one planning run."""
-        return GreedyPolicy(ctx)
+    policy_class = GreedyPolicy
 
 
 class SearchPlanner(Planner):
     """The `search` planner (the default): budgeted search with memo and lower-bound pruning, seeded with
     greedy and the baselines."""
 
-    name = "search"
+    name = DEFAULT_PLANNER
     summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
     preloads = True
-
-    def policy(self, ctx: PlanningContext) -> SearchPolicy:
-        """The stage policy of this planner for one planning run."""
-        return SearchPolicy(ctx)
+    policy_class = SearchPolicy
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
         """The search's replayed run, or greedy's or a baseline's when that replays faster."""
@@ -160,10 +159,7 @@ class SequentialPlanner(Planner):
 
     name = "sequential"
     summary = "each model alone on all GPUs with its fastest plan, in topological order (the authors' naive)"
-
-    def policy(self, ctx: PlanningContext) -> Policy:
-        """The stage policy of this planner for one planning run."""
-        return SequentialPolicy(ctx)
+    policy_class = SequentialPolicy
 
 
 class AllAtOncePlanner(Planner):
@@ -171,10 +167,7 @@ class AllAtOncePlanner(Planner):
 
     name = "all-at-once"
     summary = "every model at once, GPUs split in proportion to work, engines never changed"
-
-    def policy(self, ctx: PlanningContext) -> Policy:
-        """The stage policy of this planner for one planning run."""
-        return AllAtOncePolicy(ctx)
+    policy_class = AllAtOncePolicy
 
 
 class MuxServeLikePlanner(Planner):
@@ -182,10 +175,7 @@ class MuxServeLikePlanner(Planner):
 
     name = "muxserve-like"
     summary = "models packed by size (small ones sharing GPUs), engines never changed"
-
-    def policy(self, ctx: PlanningContext) -> Policy:
-        """The stage policy of this planner for one planning run."""
-        return MuxServeLikePolicy(ctx)
+    policy_class = MuxServeLikePolicy
 
 
 PLANNERS: dict[str, type[Planner]] = {

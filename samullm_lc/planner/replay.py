@@ -1,188 +1,55 @@
-"""Faithful re-simulation of a plan, stage by stage, with the continuous-batching simulator.
+"""Faithful re-simulation of a plan, stage by stage, with the continuous-batching simulator: the run's stage loop.
 
-Every engine (one model, one placement) is a set of replica simulators that lives from the stage that
-starts it until a stage changes or drops it. Requests go to replicas round-robin as they are submitted,
-except that a request reading a request on the same engine goes to that request's replica. A request of
-a node is submitted when its node is in the stage and each request it reads has finished (on any
-engine) or is on that replica; its prompt already includes their outputs (``workload.py``). A new or
-changed engine computes nothing before its load time is over; a dropped or changed engine's unfinished
-requests start again from scratch on the next engine of that model.
+Each model's placement is simulated replica by replica (``replicas.ReplayedPlacement``) from the stage that
+starts it until a stage changes or drops it. A request of a node is submitted when its node is in the stage
+and each request it reads has finished (on any placement) or is on that replica; its prompt already includes
+their outputs (``workload.py``). A dropped or changed placement's unfinished requests start again from scratch
+on the next placement of that model.
 
-Vertical fusion: when a node and the node it reads run on the same engine, both nodes' requests are
+Vertical fusion: when a node and the node it reads run on the same placement, both nodes' requests are
 submitted together and the replica's simulator holds each downstream request back until the request it
-reads finishes (``ContinuousBatchingSimulator.add_requests``'s ``after``): the downstream request arrives
-exactly at that finish, on the same replica (the runtime would send it to the least loaded one).
+reads finishes: the downstream request arrives exactly at that finish, on the same replica (the runtime
+would send it to the least loaded one).
 
-A stage ends when its first node finishes (a chain of vertically fused nodes counts as one). Engines
+A stage ends when its first node finishes (a chain of vertically fused nodes counts as one). Placements
 are simulated until that end is known, up to horizons that double, not to the end of their work: a
-chain of nodes may run long past the stage, and the work would be wasted on an engine the next stage
-changes. An engine that keeps its plan continues exactly where it was. An engine is re-simulated from
-its start, with the same inputs, only when it gets a request that arrives before its simulated clock (a
-node joins a busy engine) or loses requests whose upstream engine was stopped.
+chain of nodes may run long past the stage, and the work would be wasted on a placement the next stage
+changes. A placement the next stage keeps continues exactly where it was.
+
+``StageRecord`` is what the run did in each stage; ``StageRecord.choice()`` is that stage as input again
+(``StageChoice``), so a run's stages can be replayed elsewhere: on a fork, another output-length sample, or
+changed by the preload post-pass (``preload.py``). The output ``Plan`` is built from the records once, at
+the end (``api``).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
 from samullm_lc.errors import ConfigError
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.placement import Assignment
+from samullm_lc.planner.replicas import EPS, ReplayedPlacement, replica_of
 from samullm_lc.planner.stages import Group, StageState, stage_enders, stage_nodes
 
 STAGE_HORIZON_SECONDS = 30.0
-"""Simulated seconds a stage's engines are first advanced by while its end is unknown (then twice as far, ...)."""
-_EPS = 1e-9
-_SLOT = 1 << 32  # a request's place on an engine is replica * _SLOT + local id
+"""Simulated seconds a stage's placements are first advanced by while its end is unknown (then twice as far, ...)."""
 
 
-@dataclass(slots=True)
-class _Replica:
-    """One simulated engine replica and the requests it was given, in order (a request's place is its id)."""
+@dataclass(frozen=True, slots=True)
+class StageChoice:
+    """A stage to replay: its placements and, per model, the nodes it serves there (none: it only loads)."""
 
-    sim: ContinuousBatchingSimulator
-    nodes: list[int] = field(default_factory=list)
-    requests: list[int] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)  # engine-local seconds, before waiting for upstream
-    place: dict[tuple[int, int], int] = field(default_factory=dict)  # (node, request) -> place
-    result: SimulationResult | None = None
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _Replica:
-        """A copy for a forked run: the lists and dict hold numbers and tuples, so shallow copies will do
-        (``copy.deepcopy`` walked every entry); the result is shared, as it is replaced, never changed."""
-        clone = _Replica(copy.deepcopy(self.sim, memo), self.nodes.copy(), self.requests.copy(),
-                         self.arrivals.copy(), self.place.copy(), self.result)
-        memo[id(self)] = clone
-        return clone
-
-
-class Engine:
-    """One model's engine under one placement; it computes from ``origin`` (global seconds, load done) on."""
-
-    _uids = itertools.count()
-
-    def __init__(self, ctx: PlanningContext, assignment: Assignment, started: float, load: float) -> None:
-        self.uid = next(Engine._uids)
-        self.ctx = ctx
-        self.assignment = assignment
-        self.started = started
-        self.load = load
-        self.origin = started + load
-        engines = ctx.engines[assignment.model]
-        self._scheduler = engines.scheduler(assignment.option)
-        self._latency = engines.latency(assignment.option)
-        self.replicas = [_Replica(self._simulator()) for _ in range(assignment.option.replicas)]
-        self._next = 0  # the replica the next request without a replica of its own goes to
-        self._stale: set[int] = set()  # replicas to re-simulate from scratch
-
-    @property
-    def model(self) -> str:
-        """The model this engine serves."""
-        return self.assignment.model
-
-    def _simulator(self) -> ContinuousBatchingSimulator:
-        return ContinuousBatchingSimulator(self._scheduler, self._latency)
-
-    def add(self, node: int, requests: np.ndarray, arrivals: np.ndarray, replicas: np.ndarray) -> np.ndarray:
-        """Queue requests of ``node`` arriving at global ``arrivals`` seconds on the given replicas (-1: the next
-        one round-robin); returns each one's slot code.
-
-        Each waits, in its replica's simulator, for the requests of upstream nodes it reads on that replica. A
-        request arriving before its replica's clock makes the replica re-simulate from scratch.
-        """
-        which = replicas.copy()
-        free = which < 0
-        which[free] = (self._next + np.arange(int(free.sum()))) % len(self.replicas)
-        self._next += int(free.sum())
-        codes = np.empty(requests.size, dtype=np.int64)
-        for index in np.unique(which).tolist():
-            mask = which == index
-            replica = self.replicas[index]
-            local = np.maximum(0.0, arrivals[mask] - self.origin)
-            if (local < replica.sim.now - _EPS).any():
-                self._stale.add(index)
-            first = len(replica.requests)
-            mine = requests[mask].tolist()
-            replica.nodes.extend([node] * len(mine))
-            replica.requests.extend(mine)
-            replica.arrivals.extend(local.tolist())
-            replica.place.update({(node, r): first + i for i, r in enumerate(mine)})
-            replica.result = None
-            if index not in self._stale:
-                self._submit(replica, first)
-            codes[mask] = index * _SLOT + first + np.arange(len(mine))
-        return codes
-
-    def _submit(self, replica: _Replica, first: int) -> None:
-        """Hand the replica's requests from place ``first`` on to its simulator, each after the upstream
-        requests it reads on this replica."""
-        work, place = self.ctx.workload.nodes, replica.place
-        nodes = np.asarray(replica.nodes[first:], dtype=np.int64)
-        requests = np.asarray(replica.requests[first:], dtype=np.int64)
-        prompt, output = np.empty(nodes.size, np.int64), np.empty(nodes.size, np.int64)
-        for n in np.unique(nodes).tolist():
-            mask = nodes == n
-            prompt[mask], output[mask] = work[n].prompt[requests[mask]], work[n].output[requests[mask]]
-        after = [[place[u, r] for u in work[n].upstream if (u, r) in place]
-                 for n, r in zip(replica.nodes[first:], replica.requests[first:], strict=True)]
-        replica.sim.add_requests(prompt, output, np.asarray(replica.arrivals[first:]), after)
-
-    def remove(self, doomed: set[int]) -> None:
-        """Take requests (slot codes) out again; their replicas are re-simulated without them."""
-        for index, replica in enumerate(self.replicas):
-            keep = [i for i in range(len(replica.requests)) if index * _SLOT + i not in doomed]
-            if len(keep) == len(replica.requests):
-                continue
-            replica.nodes = [replica.nodes[i] for i in keep]
-            replica.requests = [replica.requests[i] for i in keep]
-            replica.arrivals = [replica.arrivals[i] for i in keep]
-            replica.place = {pair: i for i, pair in enumerate(zip(replica.nodes, replica.requests, strict=True))}
-            self._stale.add(index)
-
-    def settle(self, until: float | None = None) -> None:
-        """Simulate every replica to the end of its work, or at least to global time ``until`` (a few steps
-        further: the steps are priced in batches); a stale replica from scratch."""
-        horizon = None if until is None else until - self.origin
-        for index, replica in enumerate(self.replicas):
-            if index in self._stale:
-                replica.sim = self._simulator()
-                self._submit(replica, 0)
-            if horizon is None or replica.sim.now < horizon:
-                replica.result = replica.sim.run(until=horizon, overshoot_ok=True)
-        self._stale.clear()
-
-    def idle(self) -> bool:
-        """Whether every replica has finished all it was given."""
-        return all(r.result is not None and r.result.finished for r in self.replicas)
-
-    def results(self) -> list[SimulationResult]:
-        """Each replica's current result (computed once per change; a stale replica is re-simulated first)."""
-        if self._stale:
-            self.settle()
-        for replica in self.replicas:
-            if replica.result is None:
-                replica.result = replica.sim.result()
-        return [r.result for r in self.replicas]  # type: ignore[misc]
-
-    def finish_times(self, codes: np.ndarray) -> np.ndarray:
-        """Global finish times (nan if not finished in the simulation) of requests given by slot code."""
-        out = np.full(codes.size, np.nan)
-        results = self.results()
-        replica, local = np.divmod(codes, _SLOT)
-        for index in np.unique(replica).tolist():
-            mask = replica == index
-            out[mask] = self.origin + results[index].finish_seconds[local[mask]]
-        return out
+    group: Group
+    nodes: dict[str, list[int]]
 
 
 @dataclass(slots=True)
 class EntryRecord:
-    """What one engine did in one stage."""
+    """What one model's placement did in one stage."""
 
     assignment: Assignment
     nodes: list[int]
@@ -199,29 +66,34 @@ class StageRecord:
     end: float
     entries: list[EntryRecord]
 
+    def choice(self) -> StageChoice:
+        """This stage as a replay's input."""
+        return StageChoice(tuple(sorted(e.assignment for e in self.entries)),
+                           {e.assignment.model: list(e.nodes) for e in self.entries})
+
 
 class ExactRun:
-    """The faithful state of a plan being replayed: committed finish times and the engines that are up."""
+    """The faithful state of a plan being replayed: committed finish times and the placements that are up
+    (``running``: those up at time 0, loaded)."""
 
-    def __init__(self, ctx: PlanningContext, *, engines: dict[str, Assignment] | None = None) -> None:
+    def __init__(self, ctx: PlanningContext, *, running: dict[str, Assignment] | None = None) -> None:
         self.ctx = ctx
         self.now = 0.0
         nodes = ctx.workload.nodes
         self.done_at = [np.where(n.done, 0.0, np.nan) for n in nodes]
-        self.engine_of = [np.full(n.num_requests, -1, dtype=np.int64) for n in nodes]
+        self.placed_on = [np.full(n.num_requests, -1, dtype=np.int64) for n in nodes]  # uid of its placement
         self.slot_of = [np.full(n.num_requests, -1, dtype=np.int64) for n in nodes]
-        self.live: dict[str, Engine] = {}
-        self._by_uid: dict[int, Engine] = {}
+        self.live: dict[str, ReplayedPlacement] = {}
+        self._by_uid: dict[int, ReplayedPlacement] = {}
         self.stages: list[StageRecord] = []
-        for assignment in (engines or {}).values():
+        for assignment in (running or {}).values():
             self._start(assignment, 0.0, 0.0)
 
     def fork(self) -> ExactRun:
         """An independent copy of this run (simulators included) to continue another way."""
         memo: dict[int, object] = {id(self.ctx): self.ctx}
-        for engine in self.live.values():
-            memo[id(engine._scheduler)] = engine._scheduler
-            memo[id(engine._latency)] = engine._latency
+        for placement in self.live.values():
+            memo.update({id(shared): shared for shared in placement.cost_objects()})
         return copy.deepcopy(self, memo)
 
     # ---- views -------------------------------------------------------------------------------------
@@ -253,21 +125,21 @@ class ExactRun:
         return StageState(time=self.now, remaining=remaining, engines=engines, in_flight=in_flight, ready=ready)
 
     def _in_flight_tokens(self) -> np.ndarray:
-        """Per node, tokens unfinished requests on live engines have processed by now (outputs interpolated)."""
+        """Per node, tokens unfinished requests on live placements have processed by now (outputs interpolated)."""
         progress = np.zeros(self.ctx.num_nodes)
         nodes = self.ctx.workload.nodes
-        for engine in self.live.values():
-            for replica, result in zip(engine.replicas, engine.results(), strict=True):
+        for placement in self.live.values():
+            for replica, result in zip(placement.replicas, placement.results(), strict=True):
                 if not replica.requests:
                     continue
-                first = engine.origin + result.first_token_seconds
-                finish = engine.origin + result.finish_seconds
+                first = placement.origin + result.first_token_seconds
+                finish = placement.origin + result.finish_seconds
                 started = (first <= self.now) & ~(finish <= self.now)
                 if not started.any():
                     continue
                 node_ids = np.asarray(replica.nodes)[started]
                 request_ids = np.asarray(replica.requests)[started]
-                span = np.where(np.isnan(finish[started]), np.inf, np.maximum(finish[started] - first[started], _EPS))
+                span = np.where(np.isnan(finish[started]), np.inf, np.maximum(finish[started] - first[started], EPS))
                 share = np.minimum(1.0, (self.now - first[started]) / span)
                 for n in np.unique(node_ids).tolist():
                     mask = node_ids == n
@@ -277,14 +149,14 @@ class ExactRun:
 
     # ---- one stage ---------------------------------------------------------------------------------
     def run_stage(self, group: Group, listed: dict[str, list[int]] | None = None) -> StageRecord:
-        """Run ``group`` until its first node finishes; ``listed`` fixes each engine's nodes (replaying a plan)."""
+        """Run ``group`` until its first node finishes; ``listed`` fixes each placement's nodes (replaying a plan)."""
         start = self.now
         chosen = {a.model: a for a in group}
         for model in [m for m, e in self.live.items() if chosen.get(m) != e.assignment]:
             self._stop(model)
         for model, assignment in chosen.items():
             if model not in self.live:
-                load = self.ctx.engines[model].load(assignment.option)
+                load = self.ctx.model_options[model].load(assignment.option)
                 self._start(assignment, start, load + self.ctx.process_start_seconds(model, first_stage=not self.stages))
         nodes = self._stage_nodes(chosen, listed)
         end = self._simulate_stage(nodes)
@@ -305,8 +177,8 @@ class ExactRun:
         wanted = {n for model, ns in listed.items() if model in chosen for n in ns}
         return [n for n in range(self.ctx.num_nodes) if n in wanted and unfinished[n]]
 
-    def _engine_order(self, nodes: list[int]) -> list[Engine]:
-        """Live engines, each after the engines that feed it in this stage."""
+    def _feed_order(self, nodes: list[int]) -> list[ReplayedPlacement]:
+        """Live placements, each after the placements that feed it in this stage."""
         member = set(nodes)
         feeds: dict[str, set[str]] = {m: set() for m in self.live}
         for n in nodes:
@@ -315,7 +187,7 @@ class ExactRun:
                 source = self.ctx.node_model[u]
                 if u in member and source != model and source in feeds:
                     feeds[model].add(source)
-        order: list[Engine] = []
+        order: list[ReplayedPlacement] = []
         placed: set[str] = set()
         while len(order) < len(feeds):
             ready = [m for m in feeds if m not in placed and feeds[m] <= placed]
@@ -327,61 +199,61 @@ class ExactRun:
         return order
 
     def _simulate_stage(self, nodes: list[int]) -> float | None:
-        """Feed the stage's engines and simulate them until the stage's end is known; returns it (None if no
+        """Feed the stage's placements and simulate them until the stage's end is known; returns it (None if no
         node of the stage can finish).
 
-        Each round feeds the engines in feed order, each getting the requests its upstream engines have
+        Each round feeds the placements in feed order, each getting the requests its upstream placements have
         finished by then, and advances them to a horizon: ``STAGE_HORIZON_SECONDS`` after the stage start,
         then twice as far while no node has finished, or to the first finish seen. The end is known once
-        it is within the horizon, which every engine has then been simulated to (every step ending by it).
+        it is within the horizon, which every placement has then been simulated to (every step ending by it).
         """
-        order = self._engine_order(nodes)
+        order = self._feed_order(nodes)
         step = STAGE_HORIZON_SECONDS
         horizon = self.now + step
         while True:
-            for engine in order:
+            for placement in order:
                 for n in nodes:
-                    if self.ctx.node_model[n] == engine.model:
-                        self._submit(engine, n)
-                engine.settle(until=horizon)
+                    if self.ctx.node_model[n] == placement.model:
+                        self._submit(placement, n)
+                placement.settle(until=horizon)
             end = self._first_finish(nodes)
             if end is not None and end <= horizon:
                 return end
-            if end is None and all(engine.idle() for engine in order):
+            if end is None and all(placement.idle() for placement in order):
                 return None
             step *= 2
             horizon = self.now + step if end is None else end
 
-    def _submit(self, engine: Engine, n: int) -> None:
-        """Queue node ``n``'s requests that can go to ``engine`` now, in arrival order.
+    def _submit(self, placement: ReplayedPlacement, n: int) -> None:
+        """Queue node ``n``'s requests that can go to ``placement`` now, in arrival order.
 
-        A request that reads a request on ``engine`` goes to that request's replica, whose simulator holds it
+        A request that reads a request on ``placement`` goes to that request's replica, whose simulator holds it
         back until that one finishes. Every other request it reads must have a finish time: it arrives at the
         stage start or when the last of those finishes, whichever is later.
         """
-        requests = np.flatnonzero(np.isnan(self.done_at[n]) & (self.engine_of[n] < 0))
+        requests = np.flatnonzero(np.isnan(self.done_at[n]) & (self.placed_on[n] < 0))
         arrival = np.full(requests.size, self.now)
         replica = np.full(requests.size, -1)
         ok = np.ones(requests.size, dtype=bool)
         for u in self.ctx.upstream[n]:
-            upstream_replica = self.slot_of[u][requests] // _SLOT
-            held = (self.engine_of[u][requests] == engine.uid) & ((replica < 0) | (replica == upstream_replica))
+            upstream_replica = replica_of(self.slot_of[u][requests])
+            held = (self.placed_on[u][requests] == placement.uid) & ((replica < 0) | (replica == upstream_replica))
             replica[held] = upstream_replica[held]
             times = self._finish_times(u, requests[~held])
             ok[~held] &= ~np.isnan(times)
             arrival[~held] = np.fmax(arrival[~held], times)
         order = np.argsort(arrival[ok], kind="stable")
         chosen = requests[ok][order]
-        self.engine_of[n][chosen] = engine.uid
-        self.slot_of[n][chosen] = engine.add(n, chosen, arrival[ok][order], replica[ok][order])
+        self.placed_on[n][chosen] = placement.uid
+        self.slot_of[n][chosen] = placement.add(n, chosen, arrival[ok][order], replica[ok][order])
 
     def _finish_times(self, node: int, requests: np.ndarray) -> np.ndarray:
-        """Finish times (nan if unknown) of ``requests`` of ``node``: committed, or simulated on a live engine."""
+        """Finish times (nan if unknown) of ``requests`` of ``node``: committed, or simulated on a live placement."""
         out = self.done_at[node][requests].copy()
         open_ = np.isnan(out)
         if not open_.any():
             return out
-        uids = self.engine_of[node][requests]
+        uids = self.placed_on[node][requests]
         for uid in np.unique(uids[open_ & (uids >= 0)]).tolist():
             mask = open_ & (uids == uid)
             out[mask] = self._by_uid[uid].finish_times(self.slot_of[node][requests[mask]])
@@ -402,10 +274,10 @@ class ExactRun:
         """Fix every finish time up to ``end`` and move the clock there."""
         before = self.finished_nodes()
         for n in range(self.ctx.num_nodes):
-            open_ = np.flatnonzero(np.isnan(self.done_at[n]) & (self.engine_of[n] >= 0))
+            open_ = np.flatnonzero(np.isnan(self.done_at[n]) & (self.placed_on[n] >= 0))
             if open_.size:
                 times = self._finish_times(n, open_)
-                hit = ~np.isnan(times) & (times <= end + _EPS)
+                hit = ~np.isnan(times) & (times <= end + EPS)
                 self.done_at[n][open_[hit]] = times[hit]
         self.now = end
         after = self.finished_nodes()
@@ -419,45 +291,44 @@ class ExactRun:
             ))
         return StageRecord(start=start, end=end, entries=entries)
 
-    # ---- engines -----------------------------------------------------------------------------------
+    # ---- placements --------------------------------------------------------------------------------
     def _start(self, assignment: Assignment, started: float, load: float) -> None:
-        engine = Engine(self.ctx, assignment, started, load)
-        self.live[assignment.model] = engine
-        self._by_uid[engine.uid] = engine
+        placement = ReplayedPlacement(self.ctx, assignment, started, load)
+        self.live[assignment.model] = placement
+        self._by_uid[placement.uid] = placement
 
     def _stop(self, model: str) -> None:
-        """Drop an engine: its unfinished requests lose their progress, and what they fed is taken back."""
-        engine = self.live.pop(model)
+        """Drop a placement: its unfinished requests lose their progress, and what they fed is taken back."""
+        placement = self.live.pop(model)
         lost = {}
         for n in range(self.ctx.num_nodes):
-            open_ = (self.engine_of[n] == engine.uid) & np.isnan(self.done_at[n])
+            open_ = (self.placed_on[n] == placement.uid) & np.isnan(self.done_at[n])
             if open_.any():
-                self.engine_of[n][open_] = -1
+                self.placed_on[n][open_] = -1
                 self.slot_of[n][open_] = -1
                 lost[n] = np.flatnonzero(open_)
         for n, requests in lost.items():
             self._withdraw_downstream(n, requests)
 
     def _withdraw_downstream(self, node: int, requests: np.ndarray) -> None:
-        """Requests fed by requests that will not finish as simulated are taken back from their engines."""
+        """Requests fed by requests that will not finish as simulated are taken back from their placements."""
         for d in self.ctx.workload.downstream[node]:
-            queued = requests[(self.engine_of[d][requests] >= 0) & np.isnan(self.done_at[d][requests])]
+            queued = requests[(self.placed_on[d][requests] >= 0) & np.isnan(self.done_at[d][requests])]
             if queued.size == 0:
                 continue
             touched = set()
-            for uid in np.unique(self.engine_of[d][queued]).tolist():
-                mask = self.engine_of[d][queued] == uid
-                engine = self._by_uid[uid]
-                engine.remove(set(self.slot_of[d][queued[mask]].tolist()))
-                touched.add(engine)
-            self.engine_of[d][queued] = -1
+            for uid in np.unique(self.placed_on[d][queued]).tolist():
+                mask = self.placed_on[d][queued] == uid
+                placement = self._by_uid[uid]
+                placement.remove(set(self.slot_of[d][queued[mask]].tolist()))
+                touched.add(placement)
+            self.placed_on[d][queued] = -1
             self.slot_of[d][queued] = -1
-            for engine in touched:
-                self._reindex(engine)
+            for placement in touched:
+                self._reindex(placement)
             self._withdraw_downstream(d, queued)
 
-    def _reindex(self, engine: Engine) -> None:
-        """Recompute where each request of ``engine`` sits after some were removed."""
-        for index, replica in enumerate(engine.replicas):
-            for local, (n, r) in enumerate(zip(replica.nodes, replica.requests, strict=True)):
-                self.slot_of[n][r] = index * _SLOT + local
+    def _reindex(self, placement: ReplayedPlacement) -> None:
+        """Recompute where each request of ``placement`` sits after some were removed."""
+        for n, r, code in placement.slot_codes():
+            self.slot_of[n][r] = code

@@ -7,15 +7,16 @@ load times it measured. The new plan starts at the time of the call (time 0 of t
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.errors import ConfigError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.plan import ExecutionPlan
+from samullm_lc.validated import ValidatedModel
 
 
-class RunState(BaseModel):
+class RunState(ValidatedModel):
     """The state of a partly finished run; JSON round-trip."""
 
     model_config = ConfigDict(extra="forbid")

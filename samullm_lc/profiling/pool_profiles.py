@@ -22,7 +22,7 @@ from samullm_lc.runtime.backends.base import EngineSpec
 from samullm_lc.runtime.backends.vllm_worker import (
     REIMPORTED_MAIN_ADVICE,
     REIMPORTED_MAIN_EXIT_CODE,
-    cpu_pinning_env,
+    cpu_pinning,
     exit_if_reimported_main,
     pin_process,
 )
@@ -84,7 +84,7 @@ def _files_digest(folder: Path) -> str:
 
 def _measure(model: str, settings: dict, scale: float, seed: int, path: str, core: int) -> None:
     """In a fresh process pinned to one core: profile the engine and write the profile."""
-    pin_process({"env": cpu_pinning_env([core]), "cores": [core]})
+    pin_process(cpu_pinning([core]))
     from samullm_lc.profiling.profiler import profile_engine
     from samullm_lc.runtime.vllm_engine import EngineSettings
 

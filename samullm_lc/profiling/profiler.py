@@ -22,15 +22,8 @@ from samullm_lc.costmodel.latency.linear import fit_linear_latency
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
-from samullm_lc.runtime.vllm_engine import (
-    EngineSettings,
-    StepRecord,
-    StepRecorder,
-    scheduler_config_of,
-    shutdown_llm,
-    start_llm,
-    step_arrays,
-)
+from samullm_lc.profiling.step_recorder import StepRecord, StepRecorder, step_arrays
+from samullm_lc.runtime.vllm_engine import EngineSettings, scheduler_config_of, shutdown_llm, start_llm
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from samullm_lc.costmodel.estimator import CostModel
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.profiling.profiler import Workload, profile_engine, run_workload
+from samullm_lc.profiling.step_recorder import StepRecorder
 from samullm_lc.runtime.vllm_engine import (
     EngineSettings,
-    StepRecorder,
     engine_settings_for,
     scheduler_config_of,
     shutdown_llm,

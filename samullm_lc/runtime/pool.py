@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ConfigError, PoolError, RequestError, UnknownModelError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
 from samullm_lc.runtime.driver import Driver, DriverSettings
 from samullm_lc.runtime.journal import Journal
@@ -61,7 +62,7 @@ class EnginePool:
         *,
         models: Iterable[str] = (),
         backend: str | Backend = "vllm",
-        planner: str = "search",
+        planner: str = DEFAULT_PLANNER,
         profiles: dict[str, EngineProfile] | None = None,
         journal: str | Path | None = None,
         replan_threshold: float = 0.25,
@@ -194,7 +195,7 @@ class EnginePool:
             self._driver.cancelling.set()
             self.backend.wake()
 
-    def __enter__(self) -> EnginePool:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.validated import validation_problems
+from samullm_lc.validated import ValidatedModel
 
 ChatMessage = dict[str, Any]
 
@@ -41,10 +41,16 @@ TEXT_PART_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "
 """Chat content part types that carry text, and the key holding it (as vLLM's chat parser reads them)."""
 
 
-class SamplingSpec(BaseModel):
+class SamplingSpec(ValidatedModel):
     """Per-request sampling parameters, passed to ``vllm.SamplingParams`` unchanged."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    error_subject = "sampling parameters"
+
+    @classmethod
+    def error_hint(cls) -> str:
+        """The fields a spec takes."""
+        return f"allowed fields: {', '.join(cls.model_fields)}"
 
     max_tokens: int = Field(256, ge=1, le=MAX_TOKEN_ID, description="Most tokens to generate.")
     temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False, description="0 is greedy.")
@@ -81,13 +87,7 @@ class SamplingSpec(BaseModel):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"sampling parameters must be a SamplingSpec or a dict, got {type(value).__name__}")
-        try:
-            return cls.model_validate(value)
-        except ValidationError as exc:
-            raise ConfigError(
-                f"invalid sampling parameters ({validation_problems(exc, whole='sampling')}); allowed fields: "
-                f"{', '.join(cls.model_fields)}"
-            ) from None
+        return cls.model_validate(value)
 
     def vllm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.SamplingParams``."""
@@ -101,7 +101,7 @@ OPENAI_MAX_TOKENS_HINT = 2048
 context limit, as vLLM's server does; the planner only needs a bound for its length samples)."""
 
 
-class OpenAICall(BaseModel):
+class OpenAICall(ValidatedModel):
     """One OpenAI-API call exactly as a client sent it to a vLLM server: the route and the JSON body.
 
     The engine worker validates and maps it with vLLM's own server code (``openai_server``); here only its
@@ -109,6 +109,7 @@ class OpenAICall(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    error_subject = "OpenAI call"
 
     route: Literal["chat.completions", "completions"]
     body: dict[str, Any]
@@ -244,10 +245,7 @@ def _openai_call(value: OpenAICall | dict[str, Any]) -> OpenAICall:
     if not isinstance(value, dict):
         raise ConfigError(f"`openai` must be an OpenAICall or a dict with 'route' and 'body', got "
                           f"{type(value).__name__}")
-    try:
-        return OpenAICall.model_validate(value)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid OpenAI call ({validation_problems(exc, whole='openai')})") from None
+    return OpenAICall.model_validate(value)
 
 
 def normalise_messages(messages: Any) -> list[ChatMessage]:

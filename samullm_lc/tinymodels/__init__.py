@@ -6,26 +6,5 @@ generation config) into a cache and returns its path; load it in vLLM with ``loa
 
 from samullm_lc.tinymodels.build import default_cache_dir, ensure_tiny_model, get_spec, model_files
 from samullm_lc.tinymodels.specs import TINY_MODELS, TinyModelSpec
-from samullm_lc.tinymodels.tokenizer import (
-    BOS_TOKEN,
-    CHAT_TEMPLATE,
-    EOS_TOKEN,
-    PAD_TOKEN,
-    SPECIAL_TOKENS,
-    train_tokenizer,
-)
 
-__all__ = [
-    "BOS_TOKEN",
-    "CHAT_TEMPLATE",
-    "EOS_TOKEN",
-    "PAD_TOKEN",
-    "SPECIAL_TOKENS",
-    "TINY_MODELS",
-    "TinyModelSpec",
-    "default_cache_dir",
-    "ensure_tiny_model",
-    "get_spec",
-    "model_files",
-    "train_tokenizer",
-]
+__all__ = ["TINY_MODELS", "TinyModelSpec", "default_cache_dir", "ensure_tiny_model", "get_spec", "model_files"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.tinymodels.tokenizer import (
     BOS_TOKEN,
@@ -21,6 +21,7 @@ from samullm_lc.tinymodels.tokenizer import (
     SPECIAL_TOKENS,
     PreTokenizerStyle,
 )
+from samullm_lc.validated import ValidatedModel
 
 Architecture = Literal["LlamaForCausalLM", "Qwen2ForCausalLM"]
 _MODEL_TYPES: dict[str, str] = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
@@ -29,7 +30,7 @@ _CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 _DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2}
 
 
-class TinyModelSpec(BaseModel):
+class TinyModelSpec(ValidatedModel):
     """Shape, vocabulary and dtype of one tiny random-weight decoder model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

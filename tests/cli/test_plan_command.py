@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from samullm_lc.cli.main import app
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
+from samullm_lc.graph.paper_apps import router_app
 from samullm_lc.planner.plan import Plan
-from tests.conftest import load_paper_apps
 
 PLANNER_NAMES = ("greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like")
 
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def _router_app(n: int) -> AppGraph:
-    return load_paper_apps().router_app(n, 0)
+    return router_app(n, 0)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from samullm_lc.costmodel.latency.linear import LinearLatencyModel
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
-from samullm_lc.costmodel.simulator import BLOCKS, ContinuousBatchingSimulator, simulate
+from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, simulate
 from samullm_lc.errors import ConfigError, SamullmError
 
 # One second per step plus 0.1 s per prefill token: step times are easy to add up by hand.
@@ -15,7 +15,8 @@ STEP = LinearLatencyModel(intercept_seconds=1.0, coefficients={"prefill_tokens":
 
 
 def config(**overrides):
-    values = dict(num_kv_blocks=1000, block_size=16, max_model_len=512, max_num_seqs=256, max_num_batched_tokens=512)
+    values = {"num_kv_blocks": 1000, "block_size": 16, "max_model_len": 512, "max_num_seqs": 256,
+              "max_num_batched_tokens": 512}
     values.update(overrides)
     return SchedulerConfig(**values)
 
@@ -123,9 +124,8 @@ def test_sequences_stop_at_max_model_len():
     assert result.output_tokens.tolist() == [6]
 
 
-class _NoFastForward(ContinuousBatchingSimulator):
-    def _can_fast_forward(self) -> bool:
-        return False
+# Plain stepping in the general form: the reference the decode mode and its stretches must agree with.
+NO_FAST_FORWARD = {"fast_forward": False}
 
 
 def _random_workload(seed, n=300):
@@ -144,8 +144,8 @@ def test_fast_forward_gives_the_same_schedule_as_stepping(num_kv_blocks):
                  max_num_batched_tokens=256)
     inputs, outputs, arrivals = _random_workload(num_kv_blocks)
     results = []
-    for cls in (ContinuousBatchingSimulator, _NoFastForward):
-        sim = cls(cfg, latency)
+    for options in ({}, NO_FAST_FORWARD):
+        sim = ContinuousBatchingSimulator(cfg, latency, **options)
         sim.add_requests(inputs, outputs, arrivals)
         results.append(sim.run())
     fast, slow = results
@@ -183,21 +183,14 @@ def test_bad_requests_get_clear_errors():
         simulate(config(), STEP, [4, 4], [1, 1], after=[[1], []])
 
 
-class _CheckedSimulator(ContinuousBatchingSimulator):
-    """Checks the KV-block accounting after every step or stretch, in either representation."""
-
-    def _advance(self, horizon):
-        advanced = super()._advance(horizon)
-        if self._batch is not None:
-            held = sum(self._batch.blocks(offset, self.num_steps) for offset in self._batch.offsets.values())
-        else:
-            held = int(self._slots[BLOCKS].sum())
-        assert 0 <= self._free_blocks == self.config.usable_kv_blocks - held
-        return advanced
+def _check_kv_blocks(sim):
+    """The KV-block accounting after every step or stretch, in either representation: the free blocks the
+    scheduler counts plus the blocks recounted from the running requests are all the usable blocks."""
+    assert 0 <= sim.free_kv_blocks == sim.config.usable_kv_blocks - sim.held_kv_blocks
 
 
-class _CheckedNoFastForward(_CheckedSimulator, _NoFastForward):
-    pass
+CHECKED = {"on_advance": _check_kv_blocks}
+CHECKED_NO_FAST_FORWARD = {**CHECKED, **NO_FAST_FORWARD}
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -220,8 +213,8 @@ def test_random_workloads_agree_with_plain_stepping_and_keep_invariants(seed):
     )
     arrivals = np.sort(rng.uniform(0, 20, n)) if seed % 2 else None
     results = []
-    for cls in (_CheckedSimulator, _CheckedNoFastForward):
-        sim = cls(cfg, latency)
+    for options in (CHECKED, CHECKED_NO_FAST_FORWARD):
+        sim = ContinuousBatchingSimulator(cfg, latency, **options)
         sim.add_requests(inputs, outputs, arrivals)
         partial = sim.run(until=5.0)
         assert partial.now_seconds <= 5.0
@@ -251,9 +244,9 @@ def test_requests_waiting_for_others_agree_with_plain_stepping_however_the_run_i
         per_request_seconds=0.002,
     )
     results = []
-    for cls, cut in ((_CheckedSimulator, {}), (_CheckedNoFastForward, {"until": 4.0}),
-                     (_CheckedSimulator, {"until": 4.0, "overshoot_ok": True})):
-        sim = cls(cfg, latency)
+    for options, cut in ((CHECKED, {}), (CHECKED_NO_FAST_FORWARD, {"until": 4.0}),
+                         (CHECKED, {"until": 4.0, "overshoot_ok": True})):
+        sim = ContinuousBatchingSimulator(cfg, latency, **options)
         sim.add_requests(inputs, outputs, arrivals, after=after)
         if cut:
             sim.run(**cut)
@@ -273,7 +266,7 @@ def test_a_request_due_during_an_admission_does_not_stop_the_run():
     cfg = config(num_kv_blocks=25)
     args = ([100, 250, 10], [200, 10, 5], [0.0, 1.0, 1.02])
     fast = simulate(cfg, latency, *args)
-    slow = _NoFastForward(cfg, latency)
+    slow = ContinuousBatchingSimulator(cfg, latency, **NO_FAST_FORWARD)
     slow.add_requests(*args)
     slow = slow.run()
     assert fast.finished and fast.num_steps == slow.num_steps
@@ -298,10 +291,10 @@ def test_a_deep_copy_taken_mid_run_continues_on_its_own(overshoot_ok):
     sim = ContinuousBatchingSimulator(cfg, latency)
     sim.add_requests(inputs, outputs, arrivals, after=after)
     sim.run(until=2.4, overshoot_ok=overshoot_ok)
-    assert sim._batch is not None  # copied in decode mode, the state with the most containers
+    assert sim.in_decode_mode  # copied in decode mode, the state with the most containers
     clone = copy.deepcopy(sim)
     shared = [name for name, value in vars(sim).items()
-              if name not in ("config", "latency") and not isinstance(value, (int, float, bool, tuple))
+              if name not in ("config", "latency", "on_advance") and not isinstance(value, (int, float, bool, tuple))
               and value is getattr(clone, name)]
     assert shared == []
     sim.add_requests([50], [20], [expected.total_seconds])  # only the original gets this one

@@ -7,7 +7,7 @@ import pytest
 
 from samullm_lc.errors import ConfigError
 from samullm_lc.planner import Cluster
-from samullm_lc.planner.context import PlanningSettings, build_context, build_engines
+from samullm_lc.planner.context import PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.curves import EngineCurve
 from samullm_lc.planner.options import EngineOption
 from samullm_lc.planner.placement import Assignment, place
@@ -35,9 +35,9 @@ def test_placement_packs_largest_first_and_keeps_running_engines():
     assert {x.model: x.gpus for x in again}["a"] == (7,)
 
 
-def test_placement_pairs_shared_engines_and_refuses_overflow():
+def test_placement_pairs_time_sliced_engines_and_refuses_overflow():
     cluster = Cluster.parse("2xA100-80GB")
-    shared = EngineOption(1, 1, shared=True)
+    shared = EngineOption(1, 1, time_sliced=True)
     group = place([("a", shared), ("b", shared), ("c", EngineOption(1))], cluster, {})
     gpus = {a.model: a.gpus for a in group}
     assert gpus["a"] == gpus["b"] != gpus["c"]
@@ -67,7 +67,7 @@ def test_curve_progress_is_consistent_with_remaining_time():
 def test_stage_nodes_follow_dependencies_and_avoid_engine_cycles():
     app = make_app("loop", [("x1", SMALL, []), ("y", TINY, ["x1"]), ("x2", SMALL, ["y"])], requests=8)
     cluster = Cluster.parse("2xA100-80GB")
-    ctx = build_context(app, cluster, build_engines(app, cluster), PlanningSettings())
+    ctx = build_context(app, cluster, build_app_options(app, cluster), PlanningSettings())
     unfinished = np.ones(3, dtype=bool)
     assert stage_nodes(ctx, unfinished, {SMALL}) == [0]
     assert stage_nodes(ctx, unfinished, {SMALL, TINY}) == [0, 1]
@@ -77,7 +77,7 @@ def test_stage_nodes_follow_dependencies_and_avoid_engine_cycles():
 def test_stage_model_ends_at_the_first_finish():
     app = make_app("pair", [("a", SMALL, []), ("b", OTHER_SMALL, [])], requests=32, outputs={"b": 600})
     cluster = Cluster.parse("2xA100-80GB")
-    ctx = build_context(app, cluster, build_engines(app, cluster), PlanningSettings())
+    ctx = build_context(app, cluster, build_app_options(app, cluster), PlanningSettings())
     group = place([(SMALL, EngineOption(1)), (OTHER_SMALL, EngineOption(1))], cluster, {})
     outcome = run_stage(ctx, initial_state(ctx), group)
     assert outcome.finished == [0]

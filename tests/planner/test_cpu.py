@@ -10,7 +10,7 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
 from samullm_lc.errors import ProfileError
 from samullm_lc.planner import Cluster, RunState, evaluate_plan, plan_app, replan
-from samullm_lc.planner.options import EngineOption, build_model_engines
+from samullm_lc.planner.options import EngineOption, build_model_options
 from tests.planner.conftest import make_app
 
 
@@ -62,6 +62,6 @@ def test_only_the_first_stage_of_a_fresh_plan_pays_the_process_start():
 def test_a_gpu_profile_load_includes_its_process_start():
     # GPU load times include the start-up (the analytic ones are calibrated that way), so a profiled one does too.
     profile = _profile("phi-2", 0.02).model_copy(update={"hardware": "A100-80GB", "process_start_seconds": 6.0})
-    engines = build_model_engines("phi-2", Cluster.parse("1xA100-80GB"), profile=profile)
-    assert engines.load(EngineOption(tp=1)) == pytest.approx(10.0)
-    assert engines.process_start_seconds == 0.0
+    options = build_model_options("phi-2", Cluster.parse("1xA100-80GB"), profile=profile)
+    assert options.load(EngineOption(tp=1)) == pytest.approx(10.0)
+    assert options.process_start_seconds == 0.0

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.planner.gantt import _bars, draw_gantt
+from samullm_lc.planner.gantt import draw_gantt, plan_bars
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ def test_draw_gantt_handles_an_empty_plan(tmp_path: Path):
 
 
 def test_an_engine_running_on_unchanged_is_one_bar():
-    bars = {(bar.plan.model, bar.start, bar.end) for bar in _bars(hand_made_plan())}
+    bars = {(bar.plan.model, bar.start, bar.end) for bar in plan_bars(hand_made_plan())}
     assert ("Llama-2-70b-chat-hf", 0, 180) in bars
     assert ("WizardLM-13B-V1.2", 100, 300) in bars
     assert len(bars) == 5

@@ -8,7 +8,7 @@ import pytest
 from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.errors import ConfigError
 from samullm_lc.planner import PLANNERS, Cluster, Plan, evaluate_plan, lower_bound_seconds, plan_app
-from samullm_lc.planner.context import PlanningSettings, build_context, build_engines
+from samullm_lc.planner.context import PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.options import EngineOption
 from tests.planner.conftest import SMALL, TINY, make_app
 
@@ -60,13 +60,13 @@ def test_replay_feeds_a_fused_chain_each_request_as_its_upstream_request_finishe
     # requests, each waiting for the request it reads, after the model's load.
     one_gpu = Cluster.parse("1xA100-80GB")
     plan = plan_app(fused_chain, one_gpu, "sequential")
-    engines = build_engines(fused_chain, one_gpu)
-    work = build_context(fused_chain, one_gpu, engines, PlanningSettings()).workload.nodes
+    options = build_app_options(fused_chain, one_gpu)
+    work = build_context(fused_chain, one_gpu, options, PlanningSettings()).workload.nodes
     option, n = EngineOption(), work[0].num_requests
-    chained = simulate(engines[SMALL].scheduler(option), engines[SMALL].latency(option),
+    chained = simulate(options[SMALL].scheduler(option), options[SMALL].latency(option),
                        np.concatenate([w.prompt for w in work]), np.concatenate([w.output for w in work]),
                        after=[[]] * n + [[k - n] for k in range(n, 3 * n)])
-    assert plan.estimated_seconds == pytest.approx(engines[SMALL].load(option) + chained.total_seconds, rel=1e-9)
+    assert plan.estimated_seconds == pytest.approx(options[SMALL].load(option) + chained.total_seconds, rel=1e-9)
 
 
 def test_stage_ends_at_first_finish_and_progress_carries_over():
@@ -97,7 +97,7 @@ def test_curve_batches_reach_the_candidate_simulations_and_are_checked(two_indep
     app = make_app("long", [("a", SMALL, [])], requests=2000)
     seconds = {}
     for batches in (2, 24):
-        ctx = build_context(app, TWO_GPUS, build_engines(app, TWO_GPUS), PlanningSettings(curve_batches=batches))
+        ctx = build_context(app, TWO_GPUS, build_app_options(app, TWO_GPUS), PlanningSettings(curve_batches=batches))
         seconds[batches] = ctx.curves[SMALL].curve(EngineOption(1)).standalone_seconds
     assert seconds[2] != pytest.approx(seconds[24], rel=1e-6)
     assert lower_bound_seconds(app, TWO_GPUS, curve_batches=24) <= plan_app(

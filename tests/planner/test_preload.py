@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from samullm_lc.errors import ConfigError
+from samullm_lc.errors import ConfigError, DoesNotFitError
+from samullm_lc.graph.paper_apps import chain_summary_app
 from samullm_lc.planner import Cluster, evaluate_plan, plan_app
-from samullm_lc.planner.api import _assignment
-from samullm_lc.planner.context import build_engines
-from samullm_lc.planner.gantt import _bars, draw_gantt
+from samullm_lc.planner.gantt import draw_gantt, plan_bars
+from samullm_lc.planner.options import option_for
 from samullm_lc.planner.plan import ExecutionPlan, Plan
-from tests.conftest import load_paper_apps
 
 
 @pytest.fixture(scope="module")
 def chain_summary():
     """100 documents summarised chunk by chunk by vicuna-13b, then evaluated by Llama-2-70b (61 s to load)."""
-    return load_paper_apps().chain_summary_app(100, 0), Cluster.parse("8xA100-80GB", "nvswitch")
+    return chain_summary_app(100, 0), Cluster.parse("8xA100-80GB", "nvswitch")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,7 @@ def test_the_evaluator_loads_while_the_summariser_runs(chain_summary, planned):
 
 
 def test_the_gantt_chart_shows_the_preloaded_engine_waiting(planned, tmp_path):
-    evaluator = next(bar for bar in _bars(planned) if bar.plan.model == "Llama-2-70b-chat-hf")
+    evaluator = next(bar for bar in plan_bars(planned) if bar.plan.model == "Llama-2-70b-chat-hf")
     assert evaluator.start == 0.0 and evaluator.idle_until == planned.stages[0].end_seconds > evaluator.load
     assert draw_gantt(planned, tmp_path / "plan.png").stat().st_size > 0
 
@@ -57,12 +56,22 @@ def test_only_the_search_preloads(chain_summary):
         assert _preloads(plan_app(app, cluster, planner)) == []
 
 
-def test_memory_shares_that_mean_something_else_are_refused(chain_summary):
+def test_a_memory_share_is_time_sliced_only_when_the_plan_says_so():
+    model = "vicuna-13b-v1.5"
+    reduced = option_for(ExecutionPlan(model=model, tp=2, replicas=2, gpus=(0, 1, 2, 3), memory_fraction=0.6))
+    assert reduced.memory_fraction == 0.6 and not reduced.time_sliced
+    half = option_for(ExecutionPlan(model=model, gpus=(0,), memory_fraction=0.5))
+    assert half.memory_fraction == 0.5 and not half.time_sliced  # room for a preloading engine, not slowed
+    assert option_for(ExecutionPlan(model=model, gpus=(0,), memory_fraction=0.5, time_sliced=True)).time_sliced
+    with pytest.raises(ConfigError, match="one TP1 replica"):
+        ExecutionPlan(model=model, replicas=2, gpus=(0, 1), memory_fraction=0.5, time_sliced=True)
+
+
+def test_a_share_too_small_for_the_model_is_refused(chain_summary, planned):
     app, cluster = chain_summary
-    engines = build_engines(app, cluster)["vicuna-13b-v1.5"]
-    reduced = _assignment(ExecutionPlan(model="vicuna-13b-v1.5", tp=2, replicas=2, gpus=(0, 1, 2, 3),
-                                        memory_fraction=0.6), cluster, engines)
-    assert reduced.option.memory_fraction == 0.6 and not reduced.option.shared
-    with pytest.raises(ConfigError, match="GPU sharing"):  # TP1 at half the memory is time-sliced sharing
-        _assignment(ExecutionPlan(model="vicuna-13b-v1.5", replicas=2, gpus=(0, 1), memory_fraction=0.5),
-                    cluster, engines)
+    plan = planned.model_copy(deep=True)
+    (k, loading), = _preloads(plan)
+    entry = next(e for e in plan.stages[k].entries if not e.nodes)
+    entry.plan = loading.model_copy(update={"memory_fraction": 0.1})
+    with pytest.raises(DoesNotFitError, match="Llama-2-70b-chat-hf"):
+        evaluate_plan(app, cluster, plan)

@@ -12,7 +12,8 @@ from samullm_lc.errors import ConfigError
 from samullm_lc.runtime.vllm_engine import OFFLINE_DEFAULTS, engine_settings_for, local_model_folder
 
 _PIN = ("import os, json; from samullm_lc.runtime.backends.vllm_worker import pin_process; "
-        "pin_process({'env': {}, 'cores': None}); "
+        "from samullm_lc.runtime.backends.worker_messages import Pinning; "
+        "pin_process(Pinning(env={})); "
         "print(json.dumps({k: os.environ.get(k) for k in %r}))" % sorted(OFFLINE_DEFAULTS))
 
 

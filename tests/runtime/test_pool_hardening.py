@@ -2,6 +2,7 @@
 engines on a virtual clock). Each hang case runs under a timeout and checks that every future resolved."""
 
 import sqlite3
+import time
 import tracemalloc
 from concurrent.futures import wait
 
@@ -11,7 +12,6 @@ import pytest
 from samullm_lc.errors import ConfigError, PoolError, RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.runtime.app_runner import AppRun
-from samullm_lc.runtime.backends.base import EngineStopped
 from samullm_lc.runtime.backends.sim_backend import SimBackend
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.requests import GenerationResult, SamplingSpec, content_key
@@ -26,7 +26,7 @@ def _pool(**kwargs) -> EnginePool:
 
 
 def _all_resolved(futures, timeout: float = 60) -> None:
-    done, pending = wait(futures, timeout)
+    _done, pending = wait(futures, timeout)
     assert not pending, f"{len(pending)} futures never resolved"
 
 
@@ -190,8 +190,7 @@ class _CrashingBackend(SimBackend):
 
     def submit(self, engine_id, requests):
         super().submit(engine_id, requests)
-        self._engines.pop(engine_id)
-        self._queued.append(EngineStopped(engine_id, tuple(r.id for r in requests), failure="injected crash"))
+        self.fail_engine(engine_id, "injected crash")
 
 
 def test_a_model_whose_engines_keep_dying_fails_every_request_queued_or_in_flight_or_later():
@@ -218,9 +217,8 @@ class _CrashingModelBackend(SimBackend):
 
     def submit(self, engine_id, requests):
         super().submit(engine_id, requests)
-        if self._engines[engine_id].spec.model == self.crashing_model:
-            self._engines.pop(engine_id)
-            self._queued.append(EngineStopped(engine_id, tuple(r.id for r in requests), failure="injected crash"))
+        if self.model_of(engine_id) == self.crashing_model:
+            self.fail_engine(engine_id, "injected crash")
 
 
 def test_once_a_model_is_given_up_the_plan_leaves_it_out_and_the_other_models_run():
@@ -247,8 +245,7 @@ class _StalledBackend(SimBackend):
     """A simulated backend whose engines never finish loading: requests stay queued (a long real run)."""
 
     def wait(self, timeout: float):
-        self._woken.wait(min(timeout, 0.05))
-        self._woken.clear()
+        time.sleep(min(timeout, 0.05))
         return []
 
 

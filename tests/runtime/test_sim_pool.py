@@ -9,14 +9,10 @@ import pytest
 
 from samullm_lc.errors import RequestError
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
-from samullm_lc.planner import Cluster
-from samullm_lc.planner.plan import ExecutionPlan, Stage, StageEntry
+from samullm_lc.graph.paper_apps import chain_summary_app
 from samullm_lc.runtime.app_runner import AppRun
-from samullm_lc.runtime.backends.sim_backend import SimBackend
-from samullm_lc.runtime.driver import Driver, DriverSettings
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.requests import GenerationResult
-from tests.conftest import load_paper_apps
 
 TOKENS = np.arange(100, 200)
 
@@ -73,26 +69,6 @@ def test_64_simulated_gpus_run_a_wide_app():
     assert not _device_overlaps(report)
 
 
-def test_a_model_gaining_a_replica_keeps_the_replica_it_runs():
-    app = AppGraph(name="one", nodes=[LLMNode(name="a", model="Llama-2-7b-hf", input_tokens=[20] * 5, max_tokens=32)])
-    cluster = Cluster.parse("2xA100-80GB")
-    driver = Driver(app, cluster, SimBackend(cluster), models=app.models(), profiles={}, journal=None,
-                    settings=DriverSettings())
-
-    def stage(replicas: int, gpus: tuple[int, ...]) -> Stage:
-        plan = ExecutionPlan(model="Llama-2-7b-hf", tp=1, replicas=replicas, gpus=gpus)
-        return Stage(start_seconds=0, end_seconds=1, entries=[StageEntry(nodes=["a"], plan=plan)])
-
-    driver._reconcile(stage(1, (1,)))
-    driver._start_waiting_engines()
-    (first,) = driver._engines.values()
-    driver._reconcile(stage(2, (1, 0)))
-    assert not first.stopping and first.plan.replicas == 2
-    assert [spec.devices for spec, _ in driver._waiting_starts] == [(0,)]
-    driver._reconcile(stage(1, (0,)))  # the replica on GPU 1 is no longer wanted
-    assert first.stopping
-
-
 def test_data_parallel_replicas_share_the_queued_requests():
     # 600 requests queued at once for one model planned on two replicas: the replica that is ready first
     # must not take them all (the planner counts on each replica doing about half).
@@ -126,7 +102,7 @@ def test_an_engine_preloaded_for_the_next_stage_loads_beside_the_running_one_and
     # Chain-summary at N = 100: the plan loads the 70B evaluator on 40% of the GPUs' memory while the
     # summariser runs on 60%; the pool starts both at once, sends the evaluator nothing until the summariser
     # is done, then keeps it (no second load).
-    app = load_paper_apps().chain_summary_app(100, 0)
+    app = chain_summary_app(100, 0)
     with EnginePool(app, "8xA100-80GB", backend="sim", progress=False) as pool:
         AppRun(pool, app, token_ids=TOKENS).start().wait(120)
         assert pool.join(60)

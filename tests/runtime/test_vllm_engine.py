@@ -7,9 +7,9 @@ from samullm_lc.costmodel.latency.linear import LinearLatencyModel
 from samullm_lc.costmodel.simulator import simulate
 from samullm_lc.errors import ConfigError, EngineError
 from samullm_lc.profiling.profiler import Workload, run_workload
+from samullm_lc.profiling.step_recorder import StepRecorder
 from samullm_lc.runtime.vllm_engine import (
     EngineSettings,
-    StepRecorder,
     engine_settings_for,
     scheduler_config_of,
     shutdown_llm,

@@ -17,15 +17,9 @@ import pytest
 from tokenizers import Tokenizer
 
 from samullm_lc.errors import UnknownModelError
-from samullm_lc.tinymodels import (
-    EOS_TOKEN,
-    SPECIAL_TOKENS,
-    TINY_MODELS,
-    default_cache_dir,
-    ensure_tiny_model,
-    model_files,
-)
+from samullm_lc.tinymodels import TINY_MODELS, default_cache_dir, ensure_tiny_model, model_files
 from samullm_lc.tinymodels.specs import TinyModelSpec
+from samullm_lc.tinymodels.tokenizer import EOS_TOKEN, SPECIAL_TOKENS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAMES = sorted(TINY_MODELS)

@@ -12,6 +12,10 @@ A step's time is the sum, per GPU of the tensor-parallel group, of
 Efficiencies, launch overheads and interconnect constants come from a ``GpuCalibration`` (JSON, fitted by
 ``samullm_lc.costmodel.latency.calibration``); the GPU's own speed comes from its datasheet figures, which is
 what lets an A100 calibration predict H100, H200 and L40S.
+
+Its size is earned by one concern, the GPU step model (a little over 400 lines): the calibration's schema,
+the per-operator times it parameterises, and the model that adds them up for a step are read and changed
+together (a new calibration constant touches all three).
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from samullm_lc.costmodel.architecture import ModelArchitecture, resolve_architecture
 from samullm_lc.costmodel.hardware import Hardware, get_hardware
 from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
 
 TOPOLOGIES: tuple[str, ...] = ("nvswitch", "nvlink-pairs", "pcie")
 LinkKind = Literal["nvswitch", "nvlink-pair", "pcie"]
@@ -37,7 +42,7 @@ CALIBRATION_FILE = "gpu_calibration.json"
 LOGIT_BYTES = 4  # the sampler works on float32 logits
 
 
-class GemmCalibration(BaseModel):
+class GemmCalibration(ValidatedModel):
     """Roofline of one dense GEMM: time = launch + smooth_max(compute time, memory time)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -49,7 +54,7 @@ class GemmCalibration(BaseModel):
     launch_seconds: float = Field(ge=0, description="Fixed time per GEMM kernel.")
 
 
-class ElementwiseCalibration(BaseModel):
+class ElementwiseCalibration(ValidatedModel):
     """Memory-bound kernels: time = launch + bytes / min(bandwidth * efficiency, rows * row bandwidth)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,7 +70,7 @@ class ElementwiseCalibration(BaseModel):
     launch_seconds: float = Field(ge=0, description="Fixed time per elementwise kernel.")
 
 
-class LinkCalibration(BaseModel):
+class LinkCalibration(ValidatedModel):
     """All-reduce over one kind of link: latency + ring traffic / (link bandwidth * efficiency)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -75,7 +80,7 @@ class LinkCalibration(BaseModel):
     bandwidth_efficiency: float = Field(gt=0, le=1, description="Achieved bus bandwidth / per-direction link bandwidth")
 
 
-class AttentionCalibration(BaseModel):
+class AttentionCalibration(ValidatedModel):
     """Attention kernels, priced analytically: the operator profiles do not contain them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,7 +89,7 @@ class AttentionCalibration(BaseModel):
     decode_bandwidth_efficiency: float = Field(gt=0, le=1)
 
 
-class CpuCalibration(BaseModel):
+class CpuCalibration(ValidatedModel):
     """vLLM v1 engine work on the CPU that the GPU waits for."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -95,7 +100,7 @@ class CpuCalibration(BaseModel):
     sampler_logit_passes: float = Field(ge=0, description="Passes of the GPU sampler over the float32 logits.")
 
 
-class GpuCalibration(BaseModel):
+class GpuCalibration(ValidatedModel):
     """All constants of the analytic GPU latency model, with where they come from."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -413,21 +418,15 @@ class AnalyticLatencyModel:
         """Everything that depends on the step's sequence count alone: LM head, sampler, CPU work."""
         return self.head_seconds(seqs) + self.cpu_seconds(seqs)
 
-    def step_seconds(
-        self,
-        prefill_tokens: ArrayLike,
-        prefill_seqs: ArrayLike,
-        decode_seqs: ArrayLike,
-        decode_context_tokens: ArrayLike,
-        prefill_attention_pairs: ArrayLike,
-    ) -> np.ndarray:
+    def step_seconds(self, prefill_tokens: ArrayLike, prefill_seqs: ArrayLike, decode_seqs: ArrayLike,
+                     decode_context_tokens: ArrayLike, prefill_attention_pairs: ArrayLike) -> np.ndarray:
         """Seconds each step takes; every argument broadcasts to the same shape."""
         p_tokens, p_seqs, d_seqs, d_context, pairs = (np.asarray(a) for a in (
             prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs))
         features = (p_tokens, p_seqs, d_seqs, d_context, pairs)
         shape = np.broadcast_shapes(*(f.shape for f in features))
         if any(f.size and f.min() < 0 for f in features):
-            raise ValueError("step features must be non-negative")
+            raise ConfigError("step features must be non-negative (token and sequence counts of one engine step)")
         tokens = p_tokens + d_seqs
         total = self._token_table(tokens)
         total = total + self._seq_table(p_seqs + d_seqs)

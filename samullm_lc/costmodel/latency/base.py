@@ -29,6 +29,9 @@ FEATURE_NAMES = (
     "prefill_attention_pairs",
 )
 
+StepFeatures = tuple[ArrayLike, ArrayLike, ArrayLike, ArrayLike, ArrayLike]
+"""The five arguments of ``IterationLatencyModel.step_seconds`` as one tuple, in ``FEATURE_NAMES`` order."""
+
 
 @runtime_checkable
 class IterationLatencyModel(Protocol):

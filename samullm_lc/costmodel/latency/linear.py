@@ -11,9 +11,11 @@ from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from samullm_lc.costmodel.latency.base import FEATURE_NAMES
+from samullm_lc.errors import ConfigError
+from samullm_lc.validated import ValidatedModel
 
 
-class LinearLatencyModel(BaseModel):
+class LinearLatencyModel(ValidatedModel):
     """seconds = intercept + sum(coefficient[f] * feature[f]), coefficients in seconds per unit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -23,22 +25,16 @@ class LinearLatencyModel(BaseModel):
     per_request_seconds: float = Field(0.0, ge=0)
     _terms: tuple[tuple[int, float], ...] = PrivateAttr(())
 
-    def model_post_init(self, __context: object) -> None:
+    def model_post_init(self, context: object, /) -> None:
         unknown = set(self.coefficients) - set(FEATURE_NAMES)
         if unknown:
-            raise ValueError(f"unknown step features {sorted(unknown)}; known: {FEATURE_NAMES}")
+            raise ConfigError(f"unknown step features {sorted(unknown)}; known: {FEATURE_NAMES}")
         self._terms = tuple(
             (i, self.coefficients[name]) for i, name in enumerate(FEATURE_NAMES) if self.coefficients.get(name)
         )
 
-    def step_seconds(
-        self,
-        prefill_tokens: ArrayLike,
-        prefill_seqs: ArrayLike,
-        decode_seqs: ArrayLike,
-        decode_context_tokens: ArrayLike,
-        prefill_attention_pairs: ArrayLike,
-    ) -> np.ndarray:
+    def step_seconds(self, prefill_tokens: ArrayLike, prefill_seqs: ArrayLike, decode_seqs: ArrayLike,
+                     decode_context_tokens: ArrayLike, prefill_attention_pairs: ArrayLike) -> np.ndarray:
         """Seconds each step takes."""
         features = (prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs)
         total = self.intercept_seconds
@@ -70,7 +66,7 @@ def fit_linear_latency(
     features = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
     seconds = np.asarray(seconds, dtype=np.float64)
     if features.shape[0] < len(FEATURE_NAMES) + 1:
-        raise ValueError(f"need at least {len(FEATURE_NAMES) + 1} measured steps to fit, got {features.shape[0]}")
+        raise ConfigError(f"need at least {len(FEATURE_NAMES) + 1} measured steps to fit, got {features.shape[0]}")
     design = np.hstack([np.ones((features.shape[0], 1)), features])
     scale = np.abs(design).max(axis=0)
     scale[scale == 0] = 1.0

@@ -1,4 +1,8 @@
-"""Step-latency models that wrap another: slowed by GPU sharing, cached for a plan's replay.
+"""Step-latency models that wrap another: slowed by GPU sharing, scaled for a scale model, cached for a replay.
+
+Each wrapper keeps the wrapped model's ``per_request_seconds`` and changes one thing, in ``_seconds``: the
+step's features on the way in (``ScaledLatency``), its seconds on the way out (``SlowedLatency``), or how
+they are computed (``CachedLatency``).
 
 ``SHARED_GPU_SLOWDOWN`` is an assumption, not a measurement: two engines time-slicing one GPU each take that
 many times as long per step as on a GPU of their own (decode steps of a large batch are bound by memory
@@ -10,35 +14,53 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from samullm_lc.costmodel.latency.base import IterationLatencyModel
+from samullm_lc.costmodel.latency.base import IterationLatencyModel, StepFeatures
 
 SHARED_GPU_SLOWDOWN = 1.8
 
 
-class SlowedLatency:
+class LatencyWrapper:
+    """An ``IterationLatencyModel`` defined by the one it wraps; subclasses price a step in ``_seconds``."""
+
+    def __init__(self, inner: IterationLatencyModel) -> None:
+        self.inner = inner
+        self.per_request_seconds = inner.per_request_seconds
+
+    def step_seconds(self, prefill_tokens: ArrayLike, prefill_seqs: ArrayLike, decode_seqs: ArrayLike,
+                     decode_context_tokens: ArrayLike, prefill_attention_pairs: ArrayLike) -> np.ndarray:
+        """Seconds each step takes; every argument broadcasts to the same shape."""
+        return self._seconds((prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs))
+
+    def _seconds(self, features: StepFeatures) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SlowedLatency(LatencyWrapper):
     """A step-latency model whose steps take ``factor`` times as long (an engine sharing its GPU)."""
 
     def __init__(self, inner: IterationLatencyModel, factor: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.factor = factor
-        self.per_request_seconds = inner.per_request_seconds
 
-    def step_seconds(
-        self,
-        prefill_tokens: ArrayLike,
-        prefill_seqs: ArrayLike,
-        decode_seqs: ArrayLike,
-        decode_context_tokens: ArrayLike,
-        prefill_attention_pairs: ArrayLike,
-    ) -> np.ndarray:
+    def _seconds(self, features: StepFeatures) -> np.ndarray:
         """The inner model's seconds times the slowdown factor."""
-        seconds = self.inner.step_seconds(
-            prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs
-        )
-        return np.asarray(seconds, dtype=np.float64) * self.factor
+        return np.asarray(self.inner.step_seconds(*features), dtype=np.float64) * self.factor
 
 
-class CachedLatency:
+class ScaledLatency(LatencyWrapper):
+    """Prices a step of the scale model as the full engine's step with ``factor`` times its features."""
+
+    def __init__(self, inner: IterationLatencyModel, factor: int) -> None:
+        super().__init__(inner)
+        self.factor = factor
+
+    def _seconds(self, features: StepFeatures) -> np.ndarray:
+        """Seconds of the full engine's step that the scaled step stands for."""
+        k = self.factor
+        return self.inner.step_seconds(*(np.asarray(v) * k for v in features))
+
+
+class CachedLatency(LatencyWrapper):
     """The wrapped step latency, answered from a cache when only the context and attention terms vary.
 
     Both latency models of the package are linear in the decode context and the prefill attention pairs
@@ -51,8 +73,7 @@ class CachedLatency:
     _PROBE = (64, 1, 8)
 
     def __init__(self, inner: IterationLatencyModel) -> None:
-        self.inner = inner
-        self.per_request_seconds = inner.per_request_seconds
+        super().__init__(inner)
         self._base: dict[tuple[int, int, int], float] = {}
         a, b, c = self._PROBE
         zero = self._call(a, b, c, 0.0, 0.0)
@@ -67,19 +88,12 @@ class CachedLatency:
     def _call(self, p: float, q: float, r: float, x: float, y: float) -> float:
         return float(np.asarray(self.inner.step_seconds(p, q, r, x, y)))
 
-    def step_seconds(
-        self,
-        prefill_tokens: ArrayLike,
-        prefill_seqs: ArrayLike,
-        decode_seqs: ArrayLike,
-        decode_context_tokens: ArrayLike,
-        prefill_attention_pairs: ArrayLike,
-    ) -> np.ndarray:
+    def _seconds(self, features: StepFeatures) -> np.ndarray:
         """Seconds each step takes, as the wrapped model gives them."""
+        prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs = features
         counts = (prefill_tokens, prefill_seqs, decode_seqs)
         if not self.linear or not all(_is_number(v) for v in counts):
-            return self.inner.step_seconds(prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens,
-                                           prefill_attention_pairs)
+            return self.inner.step_seconds(*features)
         key = (int(prefill_tokens), int(prefill_seqs), int(decode_seqs))
         base = self._base.get(key)
         if base is None:

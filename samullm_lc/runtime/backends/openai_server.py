@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from samullm_lc.runtime.backends.worker_messages import CompletionOutput, completion_outputs
 from samullm_lc.runtime.requests import OPENAI_ROUTES
 
 CLOSE_WAIT_SECONDS = 1.0
@@ -56,7 +57,7 @@ class ServedResult:
     request_id: int
     status: int
     body: str  # JSON, or the server-sent event stream for a streaming call
-    completions: list[tuple[str, int, str | None]]
+    completions: list[CompletionOutput]
     prompt_tokens: int
 
 
@@ -173,7 +174,7 @@ class OpenAIServer:
             call.entered.set()
             self.calls.pop(str(call.request_id), None)
         outputs = call.finished_outputs()
-        completions = [(c.text, len(c.token_ids), c.finish_reason) for output in outputs for c in output.outputs]
+        completions = [c for output in outputs for c in completion_outputs(output)]
         prompt_tokens = sum(len(output.prompt_token_ids or ()) for output in outputs)
         self._finished.append(ServedResult(call.request_id, status, text, completions, prompt_tokens))
 

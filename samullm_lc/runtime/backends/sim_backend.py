@@ -1,7 +1,8 @@
 """Simulated engines on a virtual clock: the cost model stands in for vLLM.
 
 Each engine is a ``ContinuousBatchingSimulator`` with the latency model, engine limits and load time the
-planner uses for that model and plan, so a run is a dry run at any scale (64 simulated GPUs on a laptop).
+planner prices its model and plan with (``costmodel.model_costs.ModelCosts``: a time-sliced engine is slowed
+as the planner assumes), so a run is a dry run at any scale (64 simulated GPUs on a laptop).
 Output lengths are drawn from the model's output-length distribution (``ignore_eos`` gives ``max_tokens``);
 the text of a completion is one placeholder word per token, so downstream prompts grow as they would.
 A request the real engine would refuse is refused here too, with vLLM's reasons: a prompt that leaves no
@@ -22,10 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from samullm_lc.costmodel.model_costs import ModelCosts
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.planner.options import ModelEngines, build_model_engines, option_for
 from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 
@@ -62,37 +63,37 @@ class SimBackend:
         self._rng = np.random.default_rng(seed)
         self._clock = 0.0
         self._engines: dict[int, _SimEngine] = {}
-        self._models: dict[str, ModelEngines] = {}
+        self._costs: dict[str, ModelCosts] = {}
         self._queued: list[Event] = []
         self._woken = threading.Event()
 
     def now(self) -> float:
         return self._clock
 
-    def model_engines(self, model: str) -> ModelEngines:
-        """The planner's view of a model on this cluster (built once)."""
-        if model not in self._models:
-            self._models[model] = build_model_engines(model, self.cluster, profile=self._profiles.get(model))
-        return self._models[model]
+    def model_costs(self, model: str) -> ModelCosts:
+        """What the model's engines cost on this cluster (built once)."""
+        if model not in self._costs:
+            self._costs[model] = ModelCosts(model, self.cluster.spec, topology=self.cluster.topology,
+                                            profile=self._profiles.get(model))
+        return self._costs[model]
 
     def start_engine(self, spec: EngineSpec) -> None:
-        engines = self.model_engines(spec.model)
-        option = option_for(spec.tp, 1, spec.memory_fraction)
-        scheduler = engines.scheduler(option)
-        sim = ContinuousBatchingSimulator(scheduler, engines.latency(option))
-        load = engines.load(option)
+        costs = self.model_costs(spec.model)
+        scheduler = costs.scheduler(spec.tp, spec.memory_fraction)
+        sim = ContinuousBatchingSimulator(scheduler, costs.latency(spec.tp, time_sliced=spec.time_sliced))
+        load = costs.load_seconds(spec.tp)
         self._engines[spec.engine_id] = _SimEngine(
             spec=spec, load_seconds=load, ready_at=self._clock + load, sim=sim, max_model_len=scheduler.max_model_len
         )
 
     def submit(self, engine_id: int, requests: list[Request]) -> None:
         engine = self._engines[engine_id]
-        model = self.model_engines(engine.spec.model)
-        distribution = model.sampling.output_lengths
+        costs = self.model_costs(engine.spec.model)
+        distribution = costs.output_length_distribution()
         prompts, outputs, caps = [], [], []
         for request in requests:
             prompt = request.prompt_length_hint()
-            refusal = _refusal(request, prompt, engine.max_model_len, model.architecture.vocab_size)
+            refusal = _refusal(request, prompt, engine.max_model_len, costs.architecture.vocab_size)
             if refusal is not None:
                 self._queued.append(RequestDone(engine_id, request.id, None, refusal))
                 continue
@@ -125,6 +126,21 @@ class SimBackend:
         self._queued.extend(self._report(engine, self._clock))
         unfinished = tuple(sorted(engine.sequences))
         self._queued.append(EngineStopped(engine_id, unfinished))
+
+    def fail_engine(self, engine_id: int, failure: str, *, permanent: bool = False) -> None:
+        """Simulate an engine dying now (a crash, a killed process, a lost node): what it finished by now is
+        reported, and the rest comes back unfinished with ``failure``, as from a real backend."""
+        engine = self._engines.pop(engine_id, None)
+        if engine is None:
+            return
+        self._queued.extend(self._report(engine, self._clock))
+        self._queued.append(EngineStopped(engine_id, tuple(sorted(engine.sequences)), failure=failure,
+                                          permanent=permanent))
+
+    def model_of(self, engine_id: int) -> str | None:
+        """The model an engine runs (None once it has stopped)."""
+        engine = self._engines.get(engine_id)
+        return None if engine is None else engine.spec.model
 
     def wake(self) -> None:
         self._woken.set()

@@ -32,8 +32,20 @@ from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStop
 from samullm_lc.runtime.backends.vllm_worker import (
     REIMPORTED_MAIN_ADVICE,
     REIMPORTED_MAIN_EXIT_CODE,
-    cpu_pinning_env,
+    cpu_pinning,
     worker_main,
+)
+from samullm_lc.runtime.backends.worker_messages import (
+    AddRequests,
+    EngineFailed,
+    EngineLoaded,
+    EngineStoppedMessage,
+    ExitWorker,
+    Pinning,
+    RequestsFinished,
+    StartEngine,
+    StopEngine,
+    WorkItem,
 )
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 from samullm_lc.runtime.vllm_engine import EngineSettings
@@ -88,19 +100,19 @@ class VllmBackend:
         return time.monotonic() - self._started
 
     def start_engine(self, spec: EngineSpec) -> None:
-        settings = self._settings_for(spec).model_dump()
-        pinning = self._pinning(spec)
+        start = StartEngine(model=spec.model, settings=self._settings_for(spec).model_dump(),
+                            pinning=self._pinning(spec))
         idle = self._reusable(spec)
         if idle is not None:
             try:
-                idle.conn.send(("start", (spec.model, settings, pinning)))
+                idle.conn.send(start)
                 self._workers[spec.engine_id] = _Worker(spec=spec, process=idle.process, conn=idle.conn)
                 return
             except (BrokenPipeError, OSError):
                 self._retire(idle)
         parent, child = self._context.Pipe()
         process = self._context.Process(
-            target=worker_main, args=(child, spec.model, settings, pinning),
+            target=worker_main, args=(child, start),
             name=f"samullm-engine-{spec.engine_id}-{spec.model}", daemon=True,
         )
         process.start()
@@ -120,18 +132,17 @@ class VllmBackend:
     def _retire(self, idle: _IdleWorker) -> None:
         """Tell an idle worker to exit (it is reaped later)."""
         try:
-            idle.conn.send(("exit", None))
+            idle.conn.send(ExitWorker())
         except (BrokenPipeError, OSError):
             pass
         idle.conn.close()
         self._exiting.append(idle.process)
 
-    def _pinning(self, spec: EngineSpec) -> dict[str, Any]:
+    def _pinning(self, spec: EngineSpec) -> Pinning:
         """Environment and CPU affinity that give the worker exactly its devices."""
         if self._device_kind == "gpu":
-            return {"env": {"CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))}, "cores": None}
-        cores = sorted({self._cores[d % len(self._cores)] for d in spec.devices})
-        return {"env": cpu_pinning_env(cores), "cores": cores}
+            return Pinning(env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, spec.devices))})
+        return cpu_pinning(sorted({self._cores[d % len(self._cores)] for d in spec.devices}))
 
     def pids(self) -> dict[int, int]:
         """Worker process id of each engine (to watch them, or to kill one and see the pool recover)."""
@@ -139,10 +150,11 @@ class VllmBackend:
 
     def submit(self, engine_id: int, requests: list[Request]) -> None:
         worker = self._workers[engine_id]
-        items = [(r.id, r.kind, r.prompt, {} if r.kind == "openai" else r.sampling.vllm_kwargs()) for r in requests]
+        items = [WorkItem(r.id, r.kind, r.prompt, {} if r.kind == "openai" else r.sampling.vllm_kwargs())
+                 for r in requests]
         worker.in_flight.update(r.id for r in requests)
         try:
-            worker.conn.send(("add", items))
+            worker.conn.send(AddRequests(items))
         except (BrokenPipeError, OSError):
             pass  # the worker died; wait() reports it with these requests unfinished
 
@@ -152,7 +164,7 @@ class VllmBackend:
             return
         worker.stopping = True
         try:
-            worker.conn.send(("stop", None))
+            worker.conn.send(StopEngine())
         except (BrokenPipeError, OSError):
             pass
 
@@ -177,24 +189,25 @@ class VllmBackend:
         engine_id = worker.spec.engine_id
         try:
             while worker.conn.poll():
-                kind, payload = worker.conn.recv()
-                if kind == "ready":
+                message = worker.conn.recv()
+                if isinstance(message, EngineLoaded):
                     worker.ready = True
-                    seconds, fresh = payload
-                    events.append(EngineReady(engine_id, float(seconds), fresh_process=bool(fresh)))
-                elif kind == "done":
-                    for request_id, completions, prompt_tokens, error, response in payload:
-                        worker.in_flight.discard(request_id)
-                        result = None if error else GenerationResult(
-                            model=worker.spec.model, prompt_tokens=prompt_tokens, response=response,
-                            completions=[Completion(text=t, num_tokens=n, finish_reason=f) for t, n, f in completions],
+                    events.append(EngineReady(engine_id, message.load_seconds, fresh_process=message.fresh_process))
+                elif isinstance(message, RequestsFinished):
+                    for outcome in message.outcomes:
+                        worker.in_flight.discard(outcome.request_id)
+                        result = None if outcome.error else GenerationResult(
+                            model=worker.spec.model, prompt_tokens=outcome.prompt_tokens, response=outcome.response,
+                            completions=[Completion(text=c.text, num_tokens=c.num_tokens,
+                                                    finish_reason=c.finish_reason) for c in outcome.completions],
                         )
-                        events.append(RequestDone(engine_id, request_id, result, error))
-                elif kind == "stopped" or kind == "fatal":
-                    if kind == "stopped":
-                        self.batch_sizes[worker.spec.model].update(payload[1])
-                    events.append(self._gone(worker, None if kind == "stopped" else str(payload),
-                                             reusable=kind == "stopped"))
+                        events.append(RequestDone(engine_id, outcome.request_id, result, outcome.error))
+                elif isinstance(message, EngineStoppedMessage):
+                    self.batch_sizes[worker.spec.model].update(message.batch_sizes)
+                    events.append(self._gone(worker, None, reusable=True))
+                    return events
+                elif isinstance(message, EngineFailed):
+                    events.append(self._gone(worker, message.error))
                     return events
         except (EOFError, OSError):
             worker.process.join(timeout=1.0)  # reap it, for its exit code

@@ -1,12 +1,13 @@
 """The worker process of a real engine: pin the devices, run ``vllm.LLM`` in-process, serve the pool's pipe.
 
-The process loops: take new requests from its pipe, run one engine step, send back what finished. A request
-vLLM refuses when it is added (a prompt longer than ``max_model_len``, invalid sampling parameters) comes
-back as that request's error. A request that makes an engine *step* fail (something vLLM only finds while
-running it) must not take the others down: the step's requests are aborted and re-run in halves, apart
-from everything else, until the one that fails alone is found (``_Isolation``). It fails with the step's
-error once a one-token probe shows the engine still works; if the probe fails too, the engine is broken and
-the worker reports a fatal error (the pool re-plans, and the requests run elsewhere).
+The process loops: take new requests from its pipe, run one engine step, send back what finished (the pipe
+carries the messages of ``worker_messages``). A request vLLM refuses when it is added (a prompt longer than
+``max_model_len``, invalid sampling parameters) comes back as that request's error. A request that makes an
+engine *step* fail (something vLLM only finds while running it) must not take the others down: the step's
+requests are aborted and re-run in halves, apart from everything else, until the one that fails alone is found
+(``_Isolation``). It fails with the step's error once a one-token probe shows the engine still works; if the
+probe fails too, the engine is broken and the worker reports a fatal error (the pool re-plans, and the
+requests run elsewhere).
 
 After its engine is stopped the process waits, with vLLM and torch imported, for the next engine (see
 ``vllm_backend``); after a failed engine it exits.
@@ -26,13 +27,21 @@ from typing import Any
 
 from samullm_lc.errors import EngineError
 from samullm_lc.runtime.backends.openai_server import OpenAIServer, error_message
+from samullm_lc.runtime.backends.worker_messages import (
+    AddRequests,
+    EngineFailed,
+    EngineLoaded,
+    EngineStoppedMessage,
+    Pinning,
+    RequestOutcome,
+    RequestsFinished,
+    StartEngine,
+    StopEngine,
+    WorkItem,
+    completion_outputs,
+)
 from samullm_lc.runtime.vllm_engine import EngineSettings, apply_offline_defaults
 
-WorkItem = tuple[int, str, Any, dict[str, Any]]
-"""A request as the pool sends it: (id, prompt kind, prompt, ``SamplingParams`` keyword arguments)."""
-Outcome = tuple[int, list[tuple[str, int, str | None]], int, str | None, str | None]
-"""A finished request as the worker sends it back: (id, completions (text, tokens, finish reason), prompt
-tokens, error or None, the response body of an OpenAI call or None)."""
 PROBE_TOKEN_IDS = [1]
 """The one-token prompt that checks an engine still works after a request failed a step on its own."""
 REIMPORTED_MAIN_EXIT_CODE = 78
@@ -59,54 +68,57 @@ def cpu_pinning_env(cores: list[int]) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(len(cores)), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def pin_process(pinning: dict[str, Any]) -> None:
+def cpu_pinning(cores: list[int]) -> Pinning:
+    """The pinning of a CPU engine on ``cores``."""
+    return Pinning(env=cpu_pinning_env(cores), cores=list(cores))
+
+
+def pin_process(pinning: Pinning) -> None:
     """Apply a pinning (environment, CPU affinity) to this process before vLLM and torch load, or again in a
     reused worker (the affinity moves; the OpenMP thread count stays the first engine's)."""
-    os.environ.update(pinning["env"])
+    os.environ.update(pinning.env)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     apply_offline_defaults()
-    if pinning["cores"]:
-        os.sched_setaffinity(0, pinning["cores"])
+    if pinning.cores:
+        os.sched_setaffinity(0, pinning.cores)
 
 
-def worker_main(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any]) -> None:
-    """Run engines until told to exit: the first one given here, then each one a ``start`` message names.
+def worker_main(conn: Connection, first: StartEngine) -> None:
+    """Run engines until told to exit: the ``first`` one, then each one a ``StartEngine`` message names.
 
     Every failure is reported on ``conn``; after a failed engine the process ends. Ctrl-C is the pool's to
     handle (a terminal sends it to the whole process group): the worker ignores it and is stopped by the pool.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fresh = True
+    start, fresh = first, True
     while True:
-        if not _run_engine(conn, model, settings, pinning, fresh=fresh):
+        if not _run_engine(conn, start, fresh=fresh):
             return
         fresh = False
         try:
-            kind, payload = conn.recv()
+            start = conn.recv()
         except EOFError:  # the pool's process is gone
             return
-        if kind != "start":
+        if not isinstance(start, StartEngine):  # ExitWorker
             return
-        model, settings, pinning = payload
 
 
-def _run_engine(conn: Connection, model: str, settings: dict[str, Any], pinning: dict[str, Any], *,
-                fresh: bool) -> bool:
+def _run_engine(conn: Connection, start: StartEngine, *, fresh: bool) -> bool:
     """Start one engine (the process's first if ``fresh``) and serve it until the pool stops it; False if it
     failed."""
-    pin_process(pinning)
+    pin_process(start.pinning)
     started = time.monotonic()
     try:
-        engine = WorkerEngine(EngineSettings(**settings))
+        engine = WorkerEngine(EngineSettings(**start.settings))
     except Exception as exc:  # any start failure must reach the pool, which reports it
-        conn.send(("fatal", f"cannot start the engine for {model}: {type(exc).__name__}: {exc}"))
+        conn.send(EngineFailed(f"cannot start the engine for {start.model}: {type(exc).__name__}: {exc}"))
         return False
-    conn.send(("ready", (time.monotonic() - started, fresh)))
+    conn.send(EngineLoaded(load_seconds=time.monotonic() - started, fresh_process=fresh))
     try:
         engine.serve(conn)
         return True
     except Exception:
-        conn.send(("fatal", f"engine for {model} failed: {traceback.format_exc(limit=3)}"))
+        conn.send(EngineFailed(f"engine for {start.model} failed: {traceback.format_exc(limit=3)}"))
         return False
     finally:
         engine.shutdown()
@@ -170,22 +182,22 @@ class WorkerEngine:
             if busy and not conn.poll():
                 self._step(conn)
                 continue
-            kind, payload = conn.recv()
-            if kind == "stop":
+            message: AddRequests | StopEngine = conn.recv()
+            if isinstance(message, StopEngine):
                 if self.server is not None:
                     self.server.close()
                     self.server = None
                 unfinished = list(self.items)
                 if self.internal:
                     self.engine.abort_request(list(self.internal.values()), internal=True)
-                conn.send(("stopped", (unfinished, dict(self.batch_sizes))))
+                conn.send(EngineStoppedMessage(unfinished=unfinished, batch_sizes=dict(self.batch_sizes)))
                 return
-            for item in payload:
-                self.items[item[0]] = item
+            for item in message.items:
+                self.items[item.request_id] = item
             if self.isolation.active:
-                self.isolation.held.extend(payload)
+                self.isolation.held.extend(message.items)
             else:
-                self._send(conn, self._add(payload))
+                self._send(conn, self._add(message.items))
 
     def _next_after_idle(self, conn: Connection) -> bool:
         """The engine is idle: start the next suspect group, else the held requests. Whether it is busy now."""
@@ -200,11 +212,11 @@ class WorkerEngine:
         return self.engine.has_unfinished_requests()
 
     @staticmethod
-    def _send(conn: Connection, outcomes: list[Outcome]) -> None:
+    def _send(conn: Connection, outcomes: list[RequestOutcome]) -> None:
         if outcomes:
-            conn.send(("done", outcomes))
+            conn.send(RequestsFinished(outcomes))
 
-    def _add(self, items: list[WorkItem]) -> list[Outcome]:
+    def _add(self, items: list[WorkItem]) -> list[RequestOutcome]:
         """Queue requests in the engine; the ones vLLM refuses come back as errors. An OpenAI call goes through
         vLLM's serving code first (``openai_server``), which adds it to the engine or answers it with an error."""
         from vllm import SamplingParams
@@ -212,8 +224,9 @@ class WorkerEngine:
 
         failed = []
         served = False
-        for request_id, kind, prompt, sampling in items:
-            if kind == "openai":
+        for item in items:
+            request_id, prompt = item.request_id, item.prompt
+            if item.kind == "openai":
                 if request_id in self.prepared:  # re-run after a failed step: the serving code already ran
                     for engine_id, (engine_input, params) in list(self.prepared[request_id].items()):
                         self._engine_add(engine_id, engine_input, params)
@@ -222,16 +235,16 @@ class WorkerEngine:
                     served = True
                 continue
             try:
-                params = SamplingParams(**sampling)
+                params = SamplingParams(**item.sampling)
                 params.output_kind = RequestOutputKind.FINAL_ONLY
-                if kind == "chat":
+                if item.kind == "chat":
                     prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-                elif kind == "tokens":
+                elif item.kind == "tokens":
                     prompt = {"prompt_token_ids": [int(t) for t in prompt]}
                 self._engine_add(str(request_id), prompt, params)
             except Exception as exc:  # vLLM validates prompts and parameters with several exception types
                 self.items.pop(request_id, None)
-                failed.append((request_id, [], 0, f"{type(exc).__name__}: {exc}", None))
+                failed.append(RequestOutcome(request_id, error=f"{type(exc).__name__}: {exc}"))
         if served:
             self.server.settle()
             failed.extend(self._served_outcomes())
@@ -248,7 +261,7 @@ class WorkerEngine:
 
     def _is_openai(self, request_id: int) -> bool:
         item = self.items.get(request_id)
-        return item is not None and item[1] == "openai"
+        return item is not None and item.kind == "openai"
 
     def _openai_server(self) -> OpenAIServer:
         if self.server is None:
@@ -264,7 +277,7 @@ class WorkerEngine:
         request_id = int(external_id.split(":")[0])
         self.prepared.get(request_id, {}).pop(external_id, None)
 
-    def _served_outcomes(self) -> list[Outcome]:
+    def _served_outcomes(self) -> list[RequestOutcome]:
         """The OpenAI calls vLLM's serving code has answered (a response, or the server's error)."""
         outcomes = []
         for result in self.server.finish():
@@ -272,7 +285,8 @@ class WorkerEngine:
             if self.items.pop(result.request_id, None) is None:
                 continue  # already answered (failed alone after a step failure): report each request once
             error = None if result.status == 200 else error_message(result.body)
-            outcomes.append((result.request_id, result.completions, result.prompt_tokens, error, result.body))
+            outcomes.append(RequestOutcome(result.request_id, result.completions, result.prompt_tokens, error,
+                                           result.body))
         return outcomes
 
     def _step(self, conn: Connection) -> None:
@@ -299,8 +313,8 @@ class WorkerEngine:
                 continue
             if self.items.pop(request_id, None) is None:
                 continue  # not ours to report (already answered)
-            completions = [(c.text, len(c.token_ids), c.finish_reason) for c in output.outputs]
-            finished.append((request_id, completions, len(output.prompt_token_ids or ()), None, None))
+            finished.append(RequestOutcome(request_id, completion_outputs(output),
+                                           len(output.prompt_token_ids or ())))
         if delivered:
             finished.extend(self._served_outcomes())
         self._send(conn, finished)
@@ -317,8 +331,8 @@ class WorkerEngine:
         self.items.pop(culprit, None)
         if self.prepared.pop(culprit, None) is not None:
             self.server.forget(culprit)
-        self._send(conn, [(culprit, [], 0, f"the engine step failed while running only this request: {cause}",
-                           None)])
+        self._send(conn, [RequestOutcome(culprit, error=f"the engine step failed while running only this request: "
+                                                        f"{cause}")])
 
     def _abort_all(self) -> None:
         """Take every request out of the engine (they stay in ``items``, to be re-run)."""
