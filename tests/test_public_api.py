@@ -60,3 +60,9 @@ def test_importing_the_package_does_not_import_langchain_or_the_planner():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_offline_takes_its_models_by_position_or_by_name():
+    by_position = samullm_lc.offline(["tiny-llama-s"], backend="sim", devices="1xA100-80GB")
+    by_name = samullm_lc.offline(models={"gpt-4o": "tiny-llama-s"}, backend="sim", devices="1xA100-80GB")
+    assert by_position.names == {"tiny-llama-s": "tiny-llama-s"} and by_name.names == {"gpt-4o": "tiny-llama-s"}

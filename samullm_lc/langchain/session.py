@@ -76,8 +76,8 @@ class OfflineSession:
 
     def __init__(
         self,
-        *,
         models: Mapping[str, str] | Iterable[str] | None = None,
+        *,
         devices: str | Cluster | None = None,
         journal: str | Path | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,

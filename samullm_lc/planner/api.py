@@ -188,7 +188,7 @@ def _replay_stages(ctx: PlanningContext, run: ExactRun, stages: Iterable[StageCh
     for stage in stages:
         if run.done():
             break
-        _check_stage(ctx, stage.group)
+        _check_stage(ctx, stage.group, {model for model, nodes in stage.nodes.items() if nodes})
         if any(n not in run.finished_nodes() for nodes in stage.nodes.values() for n in nodes):
             run.run_stage(stage.group, stage.nodes)
     return run
@@ -233,15 +233,25 @@ def _assignment(plan: ExecutionPlan, cluster: Cluster, options: ModelOptions) ->
     return Assignment(plan.model, option_for(plan), tuple(plan.gpus))
 
 
-def _check_stage(ctx: PlanningContext, group: Group) -> None:
-    """Every engine's memory share holds its model and a minimum KV cache (``DoesNotFitError`` if not), and no
-    GPU holds more than all of its memory (``ConfigError``)."""
+def _check_stage(ctx: PlanningContext, group: Group, serving: set[str] | None = None) -> None:
+    """Every engine's memory share holds its model and a minimum KV cache (``DoesNotFitError`` if not), no GPU
+    holds more than all of its memory, and engines on one GPU that compute in the stage (``serving``: the models
+    with nodes; None: all) are all time-sliced (``ConfigError``): only a time-sliced engine is priced as sharing
+    its GPU's compute."""
     for placed in group:
         if placed.option.memory_fraction < 1.0:
             ctx.model_options[placed.model].scheduler(placed.option)
     over = DeviceMemory((placed.gpus, placed.option.memory_fraction) for placed in group).over_committed()
     if over:
         raise ConfigError(f"the stage puts more than one GPU's memory on GPUs {over}; give each engine its own GPUs")
+    computing = [p for p in group if serving is None or p.model in serving]
+    for gpu in {g for p in computing for g in p.gpus}:
+        sharing = [p for p in computing if gpu in p.gpus]
+        if len(sharing) > 1 and not all(p.option.time_sliced for p in sharing):
+            raise ConfigError(
+                f"the stage runs {', '.join(p.model for p in sharing)} on GPU {gpu} at the same time; set "
+                f"time_sliced: true on each of them (they then share its compute), or give all but one no nodes "
+                f"(they load for the next stage)")
 
 
 def _to_plan(ctx: PlanningContext, run: ExactRun, planner: str) -> Plan:

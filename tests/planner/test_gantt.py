@@ -16,8 +16,8 @@ def hand_made_plan() -> Plan:
     """Three stages on 8 GPUs: a 70B on TP4, two 13Bs with replicas, two 7Bs sharing a GPU."""
     seventy = ExecutionPlan(model="Llama-2-70b-chat-hf", tp=4, gpus=(0, 1, 2, 3))
     vicuna = ExecutionPlan(model="vicuna-13b-v1.5", tp=1, replicas=2, gpus=(4, 5))
-    mistral = ExecutionPlan(model="Mistral-7B-Instruct-v0.2", gpus=(6,), memory_fraction=0.5)
-    mpt = ExecutionPlan(model="mpt-7b-chat", gpus=(6,), memory_fraction=0.5)
+    mistral = ExecutionPlan(model="Mistral-7B-Instruct-v0.2", gpus=(6,), memory_fraction=0.5, time_sliced=True)
+    mpt = ExecutionPlan(model="mpt-7b-chat", gpus=(6,), memory_fraction=0.5, time_sliced=True)
     wizard = ExecutionPlan(model="WizardLM-13B-V1.2", tp=2, replicas=2, gpus=(4, 5, 6, 7))
     return Plan(
         app="hand-made", cluster="8xA100-80GB (nvswitch)", planner="manual", estimated_seconds=300.0,

@@ -87,6 +87,23 @@ def test_hand_written_plan_oversubscribing_a_gpu_is_rejected(two_independent):
         evaluate_plan(two_independent, cluster, plan)
 
 
+def test_two_engines_computing_on_one_gpu_must_both_be_time_sliced(two_independent):
+    cluster = Cluster.parse("2xA100-80GB")
+    other = two_independent.nodes[1].model
+
+    def halves(time_sliced: bool) -> Plan:
+        return _one_stage_plan([ExecutionPlan(model=SMALL, gpus=(0,), memory_fraction=0.5, time_sliced=time_sliced),
+                                ExecutionPlan(model=other, gpus=(0,), memory_fraction=0.5, time_sliced=time_sliced)],
+                               [["a"], ["b"]])
+
+    with pytest.raises(ConfigError, match="time_sliced: true"):
+        evaluate_plan(two_independent, cluster, halves(False))
+    sliced = evaluate_plan(two_independent, cluster, halves(True))
+    alone = evaluate_plan(two_independent, cluster, _one_stage_plan(
+        [ExecutionPlan(model=SMALL, gpus=(0,)), ExecutionPlan(model=other, gpus=(1,))], [["a"], ["b"]]))
+    assert sliced > alone  # sharing a GPU's compute is priced as slower than a GPU each
+
+
 def test_hand_written_plan_below_the_needed_tp_does_not_fit():
     app = make_app("big", [("big", BIG, [])], requests=8)
     plan = _one_stage_plan([ExecutionPlan(model=BIG, tp=1, gpus=(0,))], [["big"]])

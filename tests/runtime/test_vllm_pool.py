@@ -138,7 +138,7 @@ _RUN = textwrap.dedent("""
 
 
 def test_a_run_killed_with_sigkill_resumes_from_its_journal(profiles, tmp_path):
-    n = 150
+    n = 100
     journal = tmp_path / "journal.sqlite"
     script = tmp_path / "run.py"
     script.write_text(_RUN)
