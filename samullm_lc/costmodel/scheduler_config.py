@@ -51,16 +51,3 @@ class SchedulerConfig(ValidatedModel):
     def blocks_for(self, num_tokens: int) -> int:
         """KV blocks that ``num_tokens`` tokens of one sequence occupy."""
         return math.ceil(num_tokens / self.block_size)
-
-    @classmethod
-    def for_kv_memory(
-        cls, kv_cache_bytes: float, kv_bytes_per_token: float, *, block_size: int = 16, **limits: object
-    ) -> SchedulerConfig:
-        """Build a config whose block count fills ``kv_cache_bytes`` of KV-cache memory."""
-        num_blocks = int(kv_cache_bytes // (kv_bytes_per_token * block_size))
-        if num_blocks <= 0:
-            raise ConfigError(
-                f"no room for the KV cache: {kv_cache_bytes / 2**20:.1f} MiB left for "
-                f"{kv_bytes_per_token * block_size / 2**20:.3f} MiB blocks; give the model more memory or GPUs"
-            )
-        return cls(num_kv_blocks=num_blocks, block_size=block_size, **limits)

@@ -214,7 +214,6 @@ class Driver:
         if not future.set_running_or_notify_cancel():
             return  # the caller cancelled it before it was taken in: nothing to run, nobody waiting
         known = self._journalled(request)
-        request.submitted_at = self.backend.now()
         record = self.book.register(request, future)
         if record.beyond_app:
             self.recorder.expect(request.model)

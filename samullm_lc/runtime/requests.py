@@ -194,7 +194,6 @@ class Request:
     node: str = ""  # the app-graph node it belongs to (asked for by the client, else assigned by the driver)
     index: int = -1  # its request index within that node
     attempts: int = 0
-    submitted_at: float = 0.0
 
     def prompt_length_hint(self) -> int:
         """Prompt tokens if known without a tokenizer (token ids), else an estimate (4 characters a token)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import replace
 
 from samullm_lc.planner.plan import Plan
 from samullm_lc.runtime.backends.base import EngineSpec
@@ -130,7 +129,7 @@ class RunRecorder:
 
     def snapshot(self, now: float) -> RunReport:
         """The report so far, at backend time ``now`` (a copy: the recorder's own goes on changing)."""
-        self.report.models = [replace(c) for c in self._models.values()]
+        self.report.models = [c.model_copy() for c in self._models.values()]
         self.report.seconds = max((c.last_finish_seconds or 0.0 for c in self._models.values()), default=0.0)
         self.report.elapsed_seconds = now
         return self.report.model_copy()

@@ -41,6 +41,7 @@ from samullm_lc.runtime.backends.worker_messages import (
     EngineLoaded,
     EngineStoppedMessage,
     ExitWorker,
+    FromWorker,
     Pinning,
     RequestsFinished,
     StartEngine,
@@ -189,7 +190,7 @@ class VllmBackend:
         engine_id = worker.spec.engine_id
         try:
             while worker.conn.poll():
-                message = worker.conn.recv()
+                message: FromWorker = worker.conn.recv()
                 if isinstance(message, EngineLoaded):
                     worker.ready = True
                     events.append(EngineReady(engine_id, message.load_seconds, fresh_process=message.fresh_process))

@@ -37,6 +37,7 @@ from samullm_lc.runtime.backends.worker_messages import (
     RequestsFinished,
     StartEngine,
     StopEngine,
+    ToWorker,
     WorkItem,
     completion_outputs,
 )
@@ -96,11 +97,12 @@ def worker_main(conn: Connection, first: StartEngine) -> None:
             return
         fresh = False
         try:
-            start = conn.recv()
+            message: ToWorker = conn.recv()
         except EOFError:  # the pool's process is gone
             return
-        if not isinstance(start, StartEngine):  # ExitWorker
+        if not isinstance(message, StartEngine):  # ExitWorker
             return
+        start = message
 
 
 def _run_engine(conn: Connection, start: StartEngine, *, fresh: bool) -> bool:
