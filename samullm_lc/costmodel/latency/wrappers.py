@@ -11,6 +11,8 @@ bandwidth, which the two engines split; the slack of kernel launches and CPU sch
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -19,7 +21,7 @@ from samullm_lc.costmodel.latency.base import IterationLatencyModel, StepFeature
 SHARED_GPU_SLOWDOWN = 1.8
 
 
-class LatencyWrapper:
+class LatencyWrapper(ABC):
     """An ``IterationLatencyModel`` defined by the one it wraps; subclasses price a step in ``_seconds``."""
 
     def __init__(self, inner: IterationLatencyModel) -> None:
@@ -31,8 +33,9 @@ class LatencyWrapper:
         """Seconds each step takes; every argument broadcasts to the same shape."""
         return self._seconds((prefill_tokens, prefill_seqs, decode_seqs, decode_context_tokens, prefill_attention_pairs))
 
+    @abstractmethod
     def _seconds(self, features: StepFeatures) -> np.ndarray:
-        raise NotImplementedError
+        """Seconds each step takes, from the five step features in ``step_seconds``'s order."""
 
 
 class SlowedLatency(LatencyWrapper):
