@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import vllm, samullm_lc; print('vllm', vllm.__version__, 'ready')"
 	touch $(STAMP)
 
+# The main job: the Mixed example (five LangChain pipelines over one batch) through samullm.offline() on tiny
+# models: traced on a sample, planned, run on this machine's vLLM CPU engines.
 demo: setup
-	$(VENV)/bin/samullm demo
+	$(PY) examples/mixed.py --n 16 --report results/demo/run.json
 
 validate: setup
 	$(VENV)/bin/samullm validate

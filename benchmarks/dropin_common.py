@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Self
+
+SERVER_START_LIMIT = 600.0
+"""Seconds the servers of a benchmark may take to answer their health check."""
 
 
 def weighted_percentile(histogram: dict[int, int], q: float) -> int:
@@ -102,3 +109,19 @@ class ForeignCpu:
         return total
 
 
+def wait_for_servers(urls: Iterable[str], t0: float) -> dict[str, float]:
+    """Poll each server's ``/health`` until all answer; per URL the seconds since ``t0`` (monotonic) it took."""
+    wanted = set(urls)
+    ready: dict[str, float] = {}
+    while len(ready) < len(wanted):
+        for url in wanted - set(ready):
+            try:
+                with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        ready[url] = time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                pass
+        if time.monotonic() - t0 > SERVER_START_LIMIT:
+            raise RuntimeError(f"servers not ready after {SERVER_START_LIMIT:.0f} s: ready {sorted(ready)}")
+        time.sleep(0.25)
+    return ready

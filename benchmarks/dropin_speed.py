@@ -125,24 +125,10 @@ def child_servers(t0: float, inputs: list[dict[str, str]], urls: dict[str, str],
                   max_concurrency: int | None) -> dict[str, Any]:
     """In a fresh process started with the servers: build the chain, wait until every server answers
     ``/health``, run the batch. Times are seconds since ``t0`` (when the servers were started)."""
-    import urllib.error
-    import urllib.request
 
     chain = pipeline(urls)
-    ready: dict[str, float] = {}
-    while len(ready) < len(urls):
-        for model, url in urls.items():
-            if model in ready:
-                continue
-            try:
-                with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        ready[model] = time.monotonic() - t0
-            except (urllib.error.URLError, OSError):
-                pass
-        if time.monotonic() - t0 > 600:
-            raise RuntimeError(f"servers not ready after 600 s: ready {sorted(ready)}")
-        time.sleep(0.25)
+    by_url = dc.wait_for_servers(urls.values(), t0)
+    ready = {model: by_url[url] for model, url in urls.items()}
     config = {"max_concurrency": max_concurrency} if max_concurrency else None
     outputs = chain.batch(inputs, config=config)
     return {"seconds": time.monotonic() - t0, "ready_seconds": max(ready.values()), "server_startup": ready,

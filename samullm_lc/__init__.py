@@ -35,7 +35,7 @@ from samullm_lc.errors import (
 __version__ = "0.1.0"
 
 _ON_FIRST_USE = {
-    **dict.fromkeys(("offline", "wrap", "ChatSamullm", "SamullmLLM"), "samullm_lc.langchain"),
+    **dict.fromkeys(("offline", "wrap", "ChatSamullm", "SamullmLLM", "trace", "plan"), "samullm_lc.langchain"),
     **dict.fromkeys(("EnginePool", "RunReport", "GenerationResult", "SamplingSpec"), "samullm_lc.runtime"),
     **dict.fromkeys(("AppGraph", "LLMNode"), "samullm_lc.graph.app_graph"),
     **dict.fromkeys(("Cluster", "ExecutionPlan", "Plan", "plan_app", "evaluate_plan", "replan"), "samullm_lc.planner"),
@@ -95,9 +95,11 @@ __all__ = [
     "get_hardware",
     "gpu_scheduler_config",
     "offline",
+    "plan",
     "plan_app",
     "replan",
     "resolve_architecture",
     "simulate",
+    "trace",
     "wrap",
 ]

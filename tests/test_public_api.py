@@ -7,7 +7,7 @@ import samullm_lc
 
 PUBLIC = {
     # the LangChain drop-in
-    "offline", "wrap", "ChatSamullm", "SamullmLLM",
+    "offline", "wrap", "ChatSamullm", "SamullmLLM", "trace", "plan",
     # the engine pool
     "EnginePool", "RunReport", "GenerationResult", "SamplingSpec",
     # the app graph and the planner

@@ -1,4 +1,4 @@
-"""The ``samullm`` command: estimate, profile, list models and hardware, run the demo."""
+"""The ``samullm`` command: estimate, profile, list models and hardware, trace a pipeline, plan, run the demo."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.table import Table
 from samullm_lc.cli.outcome import EXIT_CODES_HELP, WRITE_EXIT_CODES_HELP, ExitCode, fail, output_path, write_outputs
 from samullm_lc.cli.plan_command import plan
 from samullm_lc.cli.run_command import run
+from samullm_lc.cli.trace_command import trace
 from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.limits import DEMO_QUESTIONS, OUTPUT_LENGTH_SAMPLES, REQUESTS_PER_ESTIMATE, TOKENS_PER_REQUEST
 from samullm_lc.planner.planners import DEFAULT_PLANNER
@@ -208,6 +209,7 @@ def validate(
 
 app.command("plan", epilog=WRITE_EXIT_CODES_HELP)(plan)
 app.command("run", epilog=EXIT_CODES_HELP)(run)
+app.command("trace", epilog=WRITE_EXIT_CODES_HELP)(trace)
 
 if __name__ == "__main__":
     app()

@@ -48,6 +48,7 @@ def install() -> None:
             _hook_http_module(module)
         _install_rate_limiter_bypass()
         _install_llm_batch()
+        _install_batch_tracing()
         _install_community_vllm()
         _installed = True
 
@@ -151,36 +152,97 @@ def _install_llm_batch() -> None:
     BaseLLM.abatch = abatch_per_input  # type: ignore[method-assign]
 
 
-# ---- rate limiters -----------------------------------------------------------------------------------------
-def _install_rate_limiter_bypass() -> None:
-    """Wrap ``acquire``/``aacquire`` of every rate limiter class, now and later defined: inside a block they
-    return at once (the pool, not a client-side limiter, decides what runs)."""
-    from langchain_core.rate_limiters import BaseRateLimiter
+# ---- every class of a tree ---------------------------------------------------------------------------------
+def _patch_class_tree(base: type, names: tuple[str, ...], wrap_method: Any) -> None:
+    """Replace the methods ``names`` wherever ``base`` or a subclass defines them, now and for subclasses defined
+    later, by ``wrap_method(method, name)``; each method is wrapped once."""
+    marker = f"_samullm_wrapped_{'_'.join(names)}"
 
     def wrap(cls: type) -> None:
-        for name in ("acquire", "aacquire"):
+        for name in names:
             method = cls.__dict__.get(name)
-            if method is None or getattr(method, "_samullm_bypass", False):
+            if method is None or getattr(method, marker, False):
                 continue
-            setattr(cls, name, _bypassed(method, asynchronous=name == "aacquire"))
+            wrapper = wrap_method(method, name)
+            setattr(wrapper, marker, True)
+            wrapper.__doc__ = method.__doc__
+            setattr(cls, name, wrapper)
 
     def walk(cls: type) -> None:
         wrap(cls)
         for sub in cls.__subclasses__():
             walk(sub)
 
-    walk(BaseRateLimiter)
-    original_init_subclass = BaseRateLimiter.__dict__.get("__init_subclass__")
+    walk(base)
+    original_init_subclass = base.__dict__.get("__init_subclass__")
 
     @classmethod  # type: ignore[misc]
     def init_subclass(cls: type, **kwargs: Any) -> None:
         if original_init_subclass is not None:
             original_init_subclass.__func__(cls, **kwargs)
         else:
-            super(BaseRateLimiter, cls).__init_subclass__(**kwargs)
+            super(base, cls).__init_subclass__(**kwargs)
         wrap(cls)
 
-    BaseRateLimiter.__init_subclass__ = init_subclass  # type: ignore[method-assign]
+    base.__init_subclass__ = init_subclass  # type: ignore[method-assign]
+
+
+# ---- rate limiters -----------------------------------------------------------------------------------------
+def _install_rate_limiter_bypass() -> None:
+    """Wrap ``acquire``/``aacquire`` of every rate limiter class: inside a block they return at once (the pool,
+    not a client-side limiter, decides what runs)."""
+    from langchain_core.rate_limiters import BaseRateLimiter
+
+    _patch_class_tree(BaseRateLimiter, ("acquire", "aacquire"),
+                      lambda method, name: _bypassed(method, asynchronous=name == "aacquire"))
+
+
+# ---- tracing before a block's first batch ------------------------------------------------------------------
+def _install_batch_tracing() -> None:
+    """Wrap ``batch``/``abatch`` of every Runnable class: a block's first top-level batch of a pipeline is traced
+    on a sample of its inputs before it runs (``OfflineSession.prepare``), so the pool plans the whole app; when
+    it returns, no more of the traced graph's calls will come (``finish_intake``)."""
+    from langchain_core.runnables import Runnable
+
+    def wrap_method(method: Any, name: str) -> Any:
+        if name == "abatch":
+            async def abatch(self: Any, inputs: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+                session = active_session()
+                traced = session is not None and session.wants_trace() and _top_level(config) and \
+                    await asyncio.to_thread(session.prepare, self, list(inputs), config)
+                try:
+                    return await method(self, inputs, config, *args, **kwargs)
+                finally:
+                    if traced:
+                        session.finish_intake()
+
+            return abatch
+
+        def batch(self: Any, inputs: Any, config: Any = None, *args: Any, **kwargs: Any) -> Any:
+            session = active_session()
+            traced = session is not None and session.wants_trace() and _top_level(config) and \
+                session.prepare(self, list(inputs), config)
+            try:
+                return method(self, inputs, config, *args, **kwargs)
+            finally:
+                if traced:
+                    session.finish_intake()
+
+        return batch
+
+    _patch_class_tree(Runnable, ("batch", "abatch"), wrap_method)
+
+
+def _top_level(config: Any) -> bool:
+    """A batch the user's code calls, not one a pipeline runs inside its own run (whose config carries the
+    parent run, explicitly or through LangChain's context variable)."""
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    for candidate in [*(config if isinstance(config, list) else [config]), var_child_runnable_config.get()]:
+        callbacks = candidate.get("callbacks") if isinstance(candidate, dict) else None
+        if getattr(callbacks, "parent_run_id", None) is not None:
+            return False
+    return True
 
 
 def _bypassed(method: Any, *, asynchronous: bool) -> Any:
@@ -198,8 +260,6 @@ def _bypassed(method: Any, *, asynchronous: bool) -> Any:
             return method(self, *args, **kwargs)
 
         wrapper = acquire
-    wrapper._samullm_bypass = True
-    wrapper.__doc__ = method.__doc__
     return wrapper
 
 

@@ -15,8 +15,6 @@ installed once per process and does nothing outside a block.
 from __future__ import annotations
 
 import contextvars
-import os
-import signal
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -25,10 +23,16 @@ from pathlib import Path
 from typing import Any, Self
 
 from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.langchain import sites
+from samullm_lc.langchain.input_progress import InputProgress
+from samullm_lc.langchain.interrupts import on_interrupt, restore_interrupt
+from samullm_lc.langchain.session_options import asks_for_tool_calls, check_tool_parser, cluster_of, model_names
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.plan import Plan
 from samullm_lc.planner.planners import DEFAULT_PLANNER
-from samullm_lc.runtime.pool import EnginePool, check_backend
+from samullm_lc.runtime.journal import Journal
+from samullm_lc.runtime.pool import EnginePool, check_backend, check_models
 from samullm_lc.runtime.report import RunReport
 from samullm_lc.runtime.requests import GenerationResult
 
@@ -71,6 +75,14 @@ class OfflineSession:
     serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would. ``profiles``
     gives measured engine profiles by model (otherwise each CPU model is profiled once and cached).
 
+    Planning before the run: by default the first ``batch``/``abatch`` of a pipeline in the block first runs the
+    pipeline on a sample of ``trace`` inputs (8 if True) with the stand-in model (no engine; ``tracing.py``),
+    scales the traced graph to the batch, and starts the pool on it, so the planner sees the whole app before
+    the real calls come. The sample runs the pipeline's own code a second time for those inputs: for code with
+    side effects pass ``trace=False`` (plan from the calls as they arrive), ``graph=`` (an ``AppGraph`` or its
+    file, e.g. from ``samullm.trace`` scaled to the run) or ``plan=`` (a ``Plan`` or its file from
+    ``samullm.plan``, with the ``graph=`` it was made for).
+
     The session holds the pool, the model names clients may use, and what the block counted.
     """
 
@@ -87,21 +99,43 @@ class OfflineSession:
         profiles: dict[str, Any] | None = None,
         tool_parser: str | None = None,
         seed: int = 0,
+        trace: bool | int = True,
+        graph: AppGraph | str | Path | None = None,
+        plan: Plan | str | Path | None = None,
     ) -> None:
-        self.names = _model_names(models)
+        from samullm_lc.langchain.tracing import DEFAULT_TRACE_SAMPLE
+
+        self.names = model_names(models)
         self.tool_parser = check_tool_parser(tool_parser)
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise ConfigError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
-        self.cluster = _cluster(devices)
+        self.cluster = cluster_of(devices)
         self.backend = check_backend(backend)
-        self._pool_options = {"journal": journal, "backend": backend, "planner": planner, "progress": progress,
+        self._journal_path = journal
+        self._pool_options = {"journal": None, "backend": backend, "planner": planner, "progress": progress,
                               "seed": seed}
         self._profiles = dict(profiles or {})
+        if isinstance(trace, bool) or not isinstance(trace, int) or trace < 1:
+            if not isinstance(trace, bool):
+                raise ConfigError(f"trace must be True, False or a number of inputs to trace (>= 1), got {trace!r}")
+            trace = DEFAULT_TRACE_SAMPLE if trace else 0
+        self.graph = AppGraph.load(graph) if isinstance(graph, (str, Path)) else graph
+        self._node_of_site = _nodes_by_site(self.graph)
+        self.plan = Plan.load(plan) if isinstance(plan, (str, Path)) else plan
+        if self.plan is not None and self.graph is None:
+            raise ConfigError("offline(plan=...) needs the app graph the plan was made for: pass "
+                              "offline(graph=..., plan=...) (samullm.trace's graph, scaled as for samullm.plan)")
+        self.trace_sample = trace if self.graph is None and self.plan is None else 0
+        self.trace_seconds: float | None = None
+        self._stand_in: Any = None  # a StandIn while the block traces
+        self._recorder: Any = None
+        self._progress: InputProgress | None = None
         self.pool: EnginePool | None = None
         self._pool_lock = threading.Lock()
         self.call_sites: Counter[str] = Counter()
         self._sites_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
         self._tokens: list[ActiveTokens] = []
         self.is_open = False
         self._final_report: RunReport | None = None
@@ -114,10 +148,11 @@ class OfflineSession:
         self._tokens.append(self.activate())
         return self
 
-    def open(self, *, process_wide: bool) -> None:
+    def open(self, *, process_wide: bool, engines: bool = True) -> None:
         """Install the hooks (once per process) and, when every model is known, start the pool now: unknown
         weights or a missing profile fail here, before anything runs. ``process_wide``: threads started outside
-        the block's context are served too (an ``offline()`` block; a ``wrap()``-ed chain serves its own calls)."""
+        the block's context are served too (an ``offline()`` block; a ``wrap()``-ed chain serves its own calls).
+        ``engines=False``: a block for tracing only, which neither checks weights nor starts a pool."""
         from samullm_lc.langchain import intercept
 
         if self.is_open:
@@ -126,17 +161,27 @@ class OfflineSession:
         intercept.install()
         sites.register()
         self._closed = False
-        if self.names is not None:
-            self._serve_models(sorted(set(self.names.values())))
+        if engines and self._journal_path is not None:  # checked and held from now on, for the pool to come
+            self._pool_options["journal"] = Journal(self._journal_path)
+        try:
+            if self.names is not None and engines and not self.trace_sample:
+                self._serve_models(sorted(set(self.names.values())))
+            elif self.names is not None and engines:  # the pool starts after the first batch's trace: check now
+                check_models(sorted(set(self.names.values())), self.cluster, self.backend)
+        except BaseException:
+            if self._pool_options["journal"] is not None:
+                self._pool_options["journal"].close()
+                self._pool_options["journal"] = None
+            raise
         self.is_open = True
         if process_wide:
             with _open_lock:
                 _open_sessions.append(self)
-            self._interrupt_handler = _on_interrupt(self)
+            self._interrupt_handler = on_interrupt(self)
 
     def activate(self) -> ActiveTokens:
         """Make this the session of the current context (and the contexts it starts); ``deactivate`` undoes it."""
-        return _current.set(self), _concurrency_token(self.max_concurrency), sites.activate()
+        return _current.set(self), _concurrency_token(self.max_concurrency), sites.activate(self._input_done)
 
     @staticmethod
     def deactivate(tokens: ActiveTokens) -> None:
@@ -162,7 +207,7 @@ class OfflineSession:
             if self in _open_sessions:
                 _open_sessions.remove(self)
         if self._interrupt_handler is not None:
-            _restore_interrupt(*self._interrupt_handler)
+            restore_interrupt(*self._interrupt_handler)
             self._interrupt_handler = None
         if self._tokens:
             self.deactivate(self._tokens.pop())
@@ -172,11 +217,17 @@ class OfflineSession:
                 pool.close(cancel=cancel)
             finally:
                 self._final_report = pool.report()
+        elif isinstance(self._pool_options["journal"], Journal):  # opened for a pool that never started
+            self._pool_options["journal"].close()
+        self._pool_options["journal"] = None
 
     # ---- serving -------------------------------------------------------------------------------------
     def pool_model(self, name: str) -> str:
         """The pool's model for the name a client uses; ``UnknownClientModelError`` naming the fix if none."""
         if self.names is not None:
+            if self.pool is None and self.trace_sample and self._stand_in is None:
+                self.trace_sample = 0  # a call before any batch: serve from now on, planning as calls arrive
+                self._serve_models(sorted(set(self.names.values())))
             if name not in self.names:
                 raise UnknownClientModelError(
                     f"a LangChain client asks for model {name!r}, which this offline() block does not serve "
@@ -194,19 +245,81 @@ class OfflineSession:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise ConfigError("the request names no model: set `model=` on the LangChain client")
-        if self.tool_parser is None and _asks_for_tool_calls(body):
+        if self.tool_parser is None and asks_for_tool_calls(body):
             raise ConfigError(
                 "the request offers tools for the model to call; vLLM's server parses tool calls with a parser for "
                 "the model's format, and this offline() block has none: pass offline(tool_parser=NAME) with vLLM's "
                 "parser for your model (e.g. 'hermes' for Qwen2.5, 'llama3_json' for Llama 3.1), or remove the "
                 "tools (with_structured_output(method='json_schema') needs none)")
+        if self._stand_in is not None:
+            return self._answer_traced(route, name, body)
         model = self.pool_model(name)
-        self._count(sites.current_site(name))
+        site = sites.current_site(name)
+        self._count(site)
         pool = self.pool
         if pool is None:
             raise SamullmError(BLOCK_ENDED)
         call = {"route": route, "body": body, "tool_parser": self.tool_parser}
-        return pool.submit(model, openai=call)
+        node = self._node_of_site.get(site)
+        future = pool.submit(model, openai=call, node=node)
+        progress, place = self._progress, sites.current_call()
+        if progress is not None and node is not None and place is not None:
+            progress.call(place.input, node)
+        return future
+
+    def _input_done(self, root: Any) -> None:
+        progress = self._progress
+        if progress is not None:
+            progress.input_done(root)
+
+    # ---- tracing ---------------------------------------------------------------------------------------
+    def begin_tracing(self) -> Any:
+        """From now on the stand-in answers the block's calls and the tracer records them; returns the recorder."""
+        from samullm_lc.langchain.stand_in import StandIn
+        from samullm_lc.langchain.tracing import TraceRecorder
+
+        lengths = {m: p.output_lengths for m, p in self._profiles.items()
+                   if getattr(p, "output_lengths", None) is not None}
+        self._recorder = TraceRecorder()
+        self._stand_in = StandIn(seed=self._pool_options["seed"], lengths=lengths)
+        return self._recorder
+
+    def end_tracing(self) -> None:
+        self._stand_in = None
+
+    def _answer_traced(self, route: str, name: str, body: dict[str, Any]) -> Future[GenerationResult]:
+        if self.names is not None and name not in self.names:
+            self.pool_model(name)  # raises, naming the fix
+        model = self.names[name] if self.names is not None else name
+        future: Future[GenerationResult] = Future()
+        future.set_result(self._recorder.answer(self._stand_in, route, name, model, body))
+        return future
+
+    def wants_trace(self) -> bool:
+        """Whether the next top-level batch should be traced first (nothing planned or running yet)."""
+        return bool(self.trace_sample) and self.pool is None and self._stand_in is None and self.is_open
+
+    def prepare(self, chain: Any, inputs: list[Any], config: Any = None) -> bool:
+        """Before ``chain``'s first batch in the block: trace a sample of the inputs, scale the graph to the batch,
+        and start the pool on it (its first stage's engines load while the real calls are being made). Whether it
+        did (another thread's batch may have been first)."""
+        from samullm_lc.langchain.tracing import trace_sample
+
+        with self._prepare_lock:
+            if not self.wants_trace() or not inputs:
+                return False
+            self.graph, self.trace_seconds = trace_sample(self, chain, inputs, config, self.trace_sample)
+            self._node_of_site = _nodes_by_site(self.graph)
+            self.trace_sample = 0
+        self._serve_models(sorted({*self.graph.models(), *(self.names or {}).values()}))
+        return True
+
+    def finish_intake(self) -> None:
+        """The traced batch has returned: the graph's calls that did not come will not (the trace over-counted
+        them), so the pool plans without them; later calls are planned as they arrive."""
+        pool = self.pool
+        if pool is not None:
+            pool.finish_intake()
 
     def _count(self, site: str) -> None:
         with self._sites_lock:
@@ -228,9 +341,12 @@ class OfflineSession:
                 raise SamullmError(BLOCK_ENDED)
             missing = [m for m in models if self.pool is None or m not in self.pool.models]
             profiles = self._measured_profiles(missing)
+            if self.pool is None and self.graph is not None:  # the nodes expect what the inputs' progress allows
+                self._progress = InputProgress(self.graph, lambda counts: self.pool and self.pool.expect(counts))
             if self.pool is None:
-                pool = EnginePool(None, self.cluster, models=models, profiles={**self._profiles, **profiles},
-                                  **self._pool_options)
+                plan = {"plan": self.plan} if self.plan is not None else {}
+                pool = EnginePool(self.graph, self.cluster, models=models, profiles={**self._profiles, **profiles},
+                                  **plan, **self._pool_options)
                 self.pool = pool.start()
             else:
                 for model in missing:
@@ -255,76 +371,13 @@ class OfflineSession:
         return pool_profiles([m for m in models if m not in self._profiles]) if models else {}
 
 
+def _nodes_by_site(graph: AppGraph | None) -> dict[str, str]:
+    """The app-graph node each traced call site's calls belong to."""
+    return {node.site: node.name for node in graph.nodes if node.site} if graph is not None else {}
+
+
 offline = OfflineSession
 """``samullm.offline(...)``: open a block (``with samullm.offline(models=...):``); see ``OfflineSession``."""
-
-
-def _asks_for_tool_calls(body: dict[str, Any]) -> bool:
-    """A chat body that lets the model call tools (tools offered, and a tool choice other than "none")."""
-    return bool(body.get("tools")) and body.get("tool_choice", "auto") != "none"
-
-
-def check_tool_parser(name: str | None) -> str | None:
-    """``name`` if vLLM has a tool parser of that name (``vllm serve --tool-call-parser``), else ``ConfigError``."""
-    if name is None:
-        return None
-    from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
-
-    known = ToolParserManager.list_registered()
-    if name not in known:
-        raise ConfigError(f"unknown tool parser {name!r}; vLLM's parsers: {', '.join(sorted(known))}")
-    return name
-
-
-def _model_names(models: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
-    if models is None:
-        return None
-    if isinstance(models, str):
-        raise ConfigError(f"models must be a mapping {{client name: weights}} or a list of names, got the string "
-                          f"{models!r}: write models=[{models!r}]")
-    pairs = models.items() if isinstance(models, Mapping) else ((m, m) for m in models)
-    names = {}
-    for name, weights in pairs:
-        if not isinstance(name, str) or not name or not isinstance(weights, str) or not weights:
-            raise ConfigError(f"models maps client model names to weights, both non-empty strings; got "
-                              f"{name!r}: {weights!r}")
-        names[name] = weights
-    if not names:
-        raise ConfigError("models is empty: name at least one model, or leave models out to serve every client "
-                          "by its own model name")
-    return names
-
-
-def _cluster(devices: str | Cluster | None) -> Cluster:
-    if isinstance(devices, Cluster):
-        return devices
-    if devices is None:
-        return Cluster.parse(detect_devices())
-    if not isinstance(devices, str):
-        raise ConfigError(f"devices must be a cluster such as '8xA100-80GB' or a Cluster, got {type(devices).__name__}")
-    return Cluster.parse(devices)
-
-
-def detect_devices() -> str:
-    """The devices this machine gives the pool: the GPUs CUDA shows, else one CPU engine slot per core."""
-    from samullm_lc.runtime.vllm_engine import is_cpu_engine
-
-    if is_cpu_engine():
-        return f"{len(os.sched_getaffinity(0))}xcpu"
-    import torch
-
-    from samullm_lc.costmodel.hardware import HARDWARE
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise ConfigError("no GPU is visible to CUDA and vLLM is not the CPU build: pass devices='NxHARDWARE'")
-    name = torch.cuda.get_device_name(0)
-    memory_gb = torch.cuda.get_device_properties(0).total_memory / 1e9
-    for hardware in HARDWARE.values():
-        if hardware.name.split("-")[0] in name and abs(hardware.memory_bytes / 1e9 - memory_gb) < 0.15 * memory_gb:
-            return f"{count}x{hardware.name}"
-    raise ConfigError(f"GPU {name!r} ({memory_gb:.0f} GB) is not in the hardware catalogue: pass "
-                      f"devices='{count}x<one of {sorted(HARDWARE)}>' for the closest match")
 
 
 def _concurrency_token(max_concurrency: int) -> contextvars.Token | None:
@@ -337,33 +390,6 @@ def _concurrency_token(max_concurrency: int) -> contextvars.Token | None:
         return None
     config["max_concurrency"] = max_concurrency
     return var_child_runnable_config.set(config)  # type: ignore[arg-type]
-
-
-def _on_interrupt(session: OfflineSession) -> tuple[Any, Any] | None:
-    """Make Ctrl-C fail the block's outstanding calls at once, then interrupt as before. Without it, LangChain's
-    ``batch`` would wait for every call in flight (up to ``max_concurrency``) before the interrupt reaches the
-    block. Only the main thread can set a signal handler; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGINT)
-
-    def interrupted(signum: int, frame: Any) -> Any:
-        if previous == signal.SIG_IGN:  # Ctrl-C was ignored before the block: it still is
-            return None
-        if session.pool is not None:
-            session.pool.cancel()
-        if callable(previous):
-            return previous(signum, frame)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupted)
-    return interrupted, previous
-
-
-def _restore_interrupt(ours: Any, previous: Any) -> None:
-    """Put back the handler ``_on_interrupt`` replaced, unless someone replaced ours since."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is ours:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:

@@ -27,6 +27,14 @@ from samullm_lc.planner.plan import DeviceMemory, ExecutionPlan, Plan, Stage, St
 from samullm_lc.planner.planners import DEFAULT_PLANNER, drive, get_planner
 from samullm_lc.planner.preload import RUNNING_SHARES, longest_preloadable, preload
 from samullm_lc.planner.replay import ExactRun, StageChoice
+from samullm_lc.planner.scale_model import (
+    DEFAULT_SCALE_MODEL,
+    ScaleModelRule,
+    Subsample,
+    choose_scale,
+    shrinkable,
+    subsample,
+)
 from samullm_lc.planner.search import GreedyPolicy
 from samullm_lc.planner.stages import Group
 from samullm_lc.planner.state import RunState
@@ -43,6 +51,7 @@ def plan_app(
     allow_replicas: bool = True,
     profiles: dict[str, EngineProfile] | None = None,
     curve_batches: int = BATCHES_SIMULATED,
+    scale_model: ScaleModelRule | None = DEFAULT_SCALE_MODEL,
 ) -> Plan:
     """Plan ``app`` on ``cluster``; ``estimated_seconds`` is the faithful replay on the sampled lengths.
 
@@ -51,12 +60,15 @@ def plan_app(
     also allows the search to load an engine beside the running ones for the next stage (``preload.py``);
     both put two engines on one GPU. ``curve_batches`` is
     how many batches each candidate simulation keeps: more make the search's curves more accurate under
-    KV pressure and the planning slower.
+    KV pressure and the planning slower. An app larger than ``scale_model`` allows is planned and estimated
+    on a scale model (``scale_model.py``); None replays every request however many there are.
     """
     started = time.perf_counter()
     settings = _settings(allow_gpu_sharing, allow_replicas, curve_batches)
     model_options = build_app_options(app, cluster, profiles=profiles)
-    return _plan(app, cluster, planner, model_options, settings, seed=seed, num_samples=num_samples, started=started)
+    sample = subsample(app, choose_scale(app, model_options, scale_model), seed=seed)
+    return _plan(sample, cluster, planner, model_options, settings, seed=seed, num_samples=num_samples,
+                 started=started)
 
 
 def replan(
@@ -69,11 +81,13 @@ def replan(
     allow_gpu_sharing: bool = True,
     allow_replicas: bool = True,
     profiles: dict[str, EngineProfile] | None = None,
+    scale_model: ScaleModelRule | None = DEFAULT_SCALE_MODEL,
 ) -> Plan:
     """Plan what is left of a run from ``state``; the plan's time 0 is now, running engines start loaded.
 
     Engines the plan starts are charged their model load only: the runtime's pool starts them in the
-    processes of engines it stopped, which have vLLM imported already.
+    processes of engines it stopped, which have vLLM imported already. ``state`` names the app's nodes and
+    request indices; the levels of a node in a loop and a scale model's subsample are mapped from them.
     """
     started = time.perf_counter()
     state.check(app)
@@ -81,9 +95,10 @@ def replan(
     model_options = build_app_options(app, cluster, profiles=profiles, output_lengths=state.output_lengths,
                                       load_seconds=state.load_seconds)
     running = {m: _assignment(plan, cluster, model_options[m]) for m, plan in state.engines.items() if plan is not None}
-    finished = {node: np.asarray(requests, dtype=np.int64) for node, requests in state.finished.items()}
-    return _plan(app, cluster, planner, model_options, settings, seed=seed, num_samples=1, started=started,
-                 finished=finished, known_outputs=state.output_tokens, running=running)
+    sample = subsample(app, choose_scale(app, model_options, scale_model), seed=seed)
+    finished, known = sample.progress(state.finished, state.output_tokens)
+    return _plan(sample, cluster, planner, model_options, settings, seed=seed, num_samples=1, started=started,
+                 finished=finished, known_outputs=known, running=running)
 
 
 def evaluate_plan(
@@ -93,25 +108,30 @@ def evaluate_plan(
     *,
     seed: int = 0,
     profiles: dict[str, EngineProfile] | None = None,
+    scale_model: ScaleModelRule | None = DEFAULT_SCALE_MODEL,
 ) -> float:
     """Re-simulate ``plan`` faithfully on the output lengths of ``seed``; end-to-end seconds.
 
     Each stage runs its engines on its listed nodes until one of them finishes. If requests are left when
     the listed stages are over (other output lengths can finish nodes in another order), the rest is
-    completed greedily.
+    completed greedily. A large app is replayed on the scale model ``plan_app`` would use (None: whole).
     """
-    ctx = build_context(app, cluster, build_app_options(app, cluster, profiles=profiles), PlanningSettings(), seed=seed)
-    return _replay(ctx, _plan_stages(ctx, plan)).end_seconds()
+    model_options = build_app_options(app, cluster, profiles=profiles)
+    sample = subsample(app, choose_scale(app, model_options, scale_model), seed=seed)
+    ctx = build_context(sample.app, cluster, model_options, PlanningSettings(), seed=seed, engine_scale=sample.scale)
+    return _replay(ctx, _plan_stages(ctx, plan, app)).end_seconds()
 
 
 def lower_bound_seconds(
     app: AppGraph, cluster: Cluster, *, seed: int = 0, profiles: dict[str, EngineProfile] | None = None,
-    curve_batches: int = BATCHES_SIMULATED,
+    curve_batches: int = BATCHES_SIMULATED, scale_model: ScaleModelRule | None = DEFAULT_SCALE_MODEL,
 ) -> float:
     """max(longest model alone on its fastest plan, total GPU-seconds of work / GPUs), loads included (on the
-    curves of ``curve_batches``-batch simulations, as ``plan_app``)."""
+    curves of ``curve_batches``-batch simulations and the scale model, as ``plan_app``)."""
     model_options = build_app_options(app, cluster, profiles=profiles)
-    ctx = build_context(app, cluster, model_options, _settings(True, True, curve_batches), seed=seed)
+    sample = subsample(app, choose_scale(app, model_options, scale_model), seed=seed)
+    ctx = build_context(sample.app, cluster, model_options, _settings(True, True, curve_batches), seed=seed,
+                        engine_scale=sample.scale)
     return standalone_lower_bound(ctx)
 
 
@@ -121,17 +141,21 @@ def _settings(allow_sharing: bool, allow_replicas: bool, curve_batches: int) -> 
 
 
 # ---- internals ---------------------------------------------------------------------------------------
-def _plan(app: AppGraph, cluster: Cluster, planner: str, model_options: dict[str, ModelOptions],
+def _plan(sample: Subsample, cluster: Cluster, planner: str, model_options: dict[str, ModelOptions],
           settings: PlanningSettings, *, seed: int, num_samples: int, started: float,
           finished: dict[str, np.ndarray] | None = None, known_outputs: dict[str, dict[int, int]] | None = None,
           running: dict[str, Assignment] | None = None) -> Plan:
     PLAN_SAMPLES.check(num_samples)
     chosen = get_planner(planner)
     contexts = [
-        build_context(app, cluster, model_options, settings, seed=seed, sample_index=k, finished=finished,
-                      known_outputs=known_outputs)
+        build_context(sample.app, cluster, model_options, settings, seed=seed, sample_index=k, finished=finished,
+                      known_outputs=known_outputs, engine_scale=sample.scale)
         for k in range(num_samples)
     ]
+    if running:  # none for a model or an engine a scale model lacks
+        longest = contexts[0].longest_tokens
+        running = {m: placed for m, placed in running.items()
+                   if m in longest and shrinkable(model_options[m], placed.option, sample.scale, longest[m])}
     runs = []
     for ctx in contexts:
         run = chosen.run(ctx, lambda ctx=ctx: ExactRun(ctx, running=running))
@@ -139,12 +163,12 @@ def _plan(app: AppGraph, cluster: Cluster, planner: str, model_options: dict[str
             run = _with_preload(ctx, run, running)
         runs.append(run)
     if num_samples == 1:
-        best = _to_plan(contexts[0], runs[0], chosen.name)
+        best = _to_plan(contexts[0], runs[0], chosen.name, sample)
     else:
         scores = [[_replay(ctx, [s.choice() for s in run.stages], running).end_seconds() for ctx in contexts]
                   for run in runs]
         index = int(np.argmin([np.mean(s) for s in scores]))
-        best, times = _to_plan(contexts[index], runs[index], chosen.name), scores[index]
+        best, times = _to_plan(contexts[index], runs[index], chosen.name, sample), scores[index]
         best.estimated_seconds = float(np.mean(times))
         best.estimated_seconds_spread = (float(min(times)), float(max(times)))
     best.planning_seconds = time.perf_counter() - started
@@ -184,22 +208,24 @@ def _finish(ctx: PlanningContext, run: ExactRun) -> ExactRun:
 
 def _replay_stages(ctx: PlanningContext, run: ExactRun, stages: Iterable[StageChoice]) -> ExactRun:
     """Continue ``run`` through the stages: each runs its placements on its listed nodes until one of them
-    finishes (a stage whose nodes have all finished is skipped)."""
+    finishes (a stage whose nodes have all finished, or can make no progress, is skipped)."""
     for stage in stages:
         if run.done():
             break
         _check_stage(ctx, stage.group, {model for model, nodes in stage.nodes.items() if nodes})
-        if any(n not in run.finished_nodes() for nodes in stage.nodes.values() for n in nodes):
+        if any(n not in run.finished_nodes() for nodes in stage.nodes.values() for n in nodes) and \
+                run.can_progress(stage):
             run.run_stage(stage.group, stage.nodes)
     return run
 
 
-def _plan_stages(ctx: PlanningContext, plan: Plan) -> Iterator[StageChoice]:
+def _plan_stages(ctx: PlanningContext, plan: Plan, app: AppGraph) -> Iterator[StageChoice]:
     """A plan's stages as replay input, each checked against the cluster and the app as it is reached."""
     for stage in plan.stages:
         group = tuple(sorted(_assignment(e.plan, ctx.cluster, ctx.model_options[_model(ctx, e.plan.model)])
                              for e in stage.entries))
-        yield StageChoice(group, {e.plan.model: [_node(ctx, name) for name in e.nodes] for e in stage.entries})
+        yield StageChoice(group, {e.plan.model: [n for name in e.nodes for n in _nodes(ctx, name, app)]
+                                  for e in stage.entries})
 
 
 def _model(ctx: PlanningContext, model: str) -> str:
@@ -208,10 +234,14 @@ def _model(ctx: PlanningContext, model: str) -> str:
     return model
 
 
-def _node(ctx: PlanningContext, name: str) -> int:
-    if name not in ctx.workload.index:
-        raise ConfigError(f"the plan lists node {name!r}, which app {ctx.app.name!r} does not have")
-    return ctx.workload.index[name]
+def _nodes(ctx: PlanningContext, name: str, app: AppGraph) -> list[int]:
+    """The planner nodes of an app node a plan lists (its levels if it is in a loop; none if a scale model's subsample
+    has no request of it)."""
+    if name not in ctx.workload.app_nodes:
+        if any(node.name == name for node in app.nodes):
+            return []
+        raise ConfigError(f"the plan lists node {name!r}, which app {app.name!r} does not have")
+    return ctx.app_node_parts(name)
 
 
 def _assignment(plan: ExecutionPlan, cluster: Cluster, options: ModelOptions) -> Assignment:
@@ -254,23 +284,30 @@ def _check_stage(ctx: PlanningContext, group: Group, serving: set[str] | None = 
                 f"(they load for the next stage)")
 
 
-def _to_plan(ctx: PlanningContext, run: ExactRun, planner: str) -> Plan:
-    """The replayed run as a Plan."""
-    names = [n.name for n in ctx.workload.nodes]
+def _to_plan(ctx: PlanningContext, run: ExactRun, planner: str, sample: Subsample) -> Plan:
+    """The replayed run as a Plan, in the app's nodes: the levels of a node in a loop are listed as the node, finished
+    in the stage its last level finishes; a scale model's request counts scaled to the app's."""
+    app_node = [n.app_node for n in ctx.workload.nodes]
+    finished = {n for n, work in enumerate(ctx.workload.nodes) if work.done.all()}  # before planning
     stages = []
     for record in run.stages:
-        entries = [
-            StageEntry(
-                nodes=[names[n] for n in entry.nodes],
+        finished.update(n for entry in record.entries for n in entry.finished)
+        entries = []
+        for entry in record.entries:
+            requests_done: dict[str, int] = {}
+            for n, count in entry.requests_done.items():
+                requests_done[app_node[n]] = requests_done.get(app_node[n], 0) + count
+            entries.append(StageEntry(
+                nodes=list(dict.fromkeys(app_node[n] for n in entry.nodes)),
                 plan=_execution_plan(entry.assignment),
                 load_seconds=entry.load,
-                finished_nodes=[names[n] for n in entry.finished],
-                requests_done={names[n]: count for n, count in entry.requests_done.items()},
-            )
-            for entry in record.entries
-        ]
+                finished_nodes=list(dict.fromkeys(
+                    app_node[n] for n in entry.finished
+                    if finished.issuperset(ctx.app_node_parts(app_node[n])))),
+                requests_done={node: sample.full_count(node, count) for node, count in requests_done.items()},
+            ))
         stages.append(Stage(start_seconds=record.start, end_seconds=record.end, entries=entries))
-    return Plan(app=ctx.app.name, cluster=str(ctx.cluster), planner=planner, stages=stages,
+    return Plan(app=sample.full.name, cluster=str(ctx.cluster), planner=planner, stages=stages,
                 estimated_seconds=run.end_seconds())
 
 

@@ -61,21 +61,28 @@ class _StaticPolicy:
         self.ctx = ctx
 
     def next_group(self, state: StageState) -> Group:
-        """The running engines that still have work, plus waiting models on the free GPUs."""
+        """The running engines that still have work, plus waiting models on the free GPUs. Running engines whose
+        requests all wait on a model without GPUs (a loop across models) are stopped to make room for it."""
         runnable = runnable_models(self.ctx, state)
         kept = [(m, a.option) for m, a in state.engines.items() if m in runnable]
-        used = sum(o.num_gpus for _, o in kept)
         waiting = [m for m in runnable if m not in state.engines]
+        group = self._group(state, kept, waiting)
+        if not group:
+            group = self._group(state, _with_work(self.ctx, state, kept), waiting)
+        if not group:
+            raise SamullmError(f"{type(self).__name__}: no waiting model fits the free GPUs of {self.ctx.cluster}")
+        return group
+
+    def _group(self, state: StageState, kept: list[tuple[str, EngineOption]], waiting: list[str]) -> Group | None:
+        """``kept`` plus as many of ``waiting`` (dropped from the back) as fit and have work."""
+        used = sum(o.num_gpus for _, o in kept)
         while True:
             added = self._allocate(state, waiting, self.ctx.cluster.num_gpus - used)
             wanted = _with_work(self.ctx, state, kept + added)
             group = place(wanted, self.ctx.cluster, state.engines) if wanted else None
             if group is not None or not waiting:
-                break
+                return group
             waiting = waiting[:-1]
-        if not group:
-            raise SamullmError(f"{type(self).__name__}: no waiting model fits the free GPUs of {self.ctx.cluster}")
-        return group
 
     def _smallest(self, state: StageState, model: str, *, time_sliced: bool) -> EngineOption:
         """The fastest option on the fewest GPUs (a time-sliced half GPU allowed if ``time_sliced``)."""

@@ -15,7 +15,9 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.curves import BATCHES_SIMULATED, ModelCurves, model_curves
+from samullm_lc.planner.node_parts import Reads
 from samullm_lc.planner.options import EngineOption, ModelOptions, build_model_options
+from samullm_lc.planner.scale_model import shrinkable
 from samullm_lc.planner.workload import Workload, sample_workload
 
 
@@ -42,14 +44,21 @@ class PlanningContext:
     total_tokens: np.ndarray  # per node: tokens of its requests still to run when planning starts
     flops_per_token: np.ndarray  # per node
     node_model: list[str]
-    upstream: list[tuple[int, ...]]
+    upstream: list[tuple[int, ...]]  # per node, the nodes it reads (a node-level DAG: loops are split)
+    reads: list[Reads]  # per node, its request-level edges (``node_parts.py``)
+    engine_scale: int = 1  # the replay runs a scale model: engines this many times smaller (``scale_model.py``)
+    longest_tokens: dict[str, int] = field(default_factory=dict)  # per model, its longest sampled sequence (tokens)
     stage_cache: dict[tuple, tuple[int, ...]] = field(default_factory=dict)  # memo of stages.stage_nodes
     membership: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # models x nodes: 1 if the node's model
 
     @property
     def num_nodes(self) -> int:
-        """Nodes of the app."""
+        """Planner nodes: the app's nodes, a node in a loop counted once per call depth."""
         return len(self.node_model)
+
+    def app_node_parts(self, name: str) -> list[int]:
+        """The planner nodes of an app node (one unless it is in a loop)."""
+        return self.workload.app_nodes[name]
 
     @property
     def models(self) -> list[str]:
@@ -106,18 +115,24 @@ def build_context(
     sample_index: int = 0,
     finished: dict[str, np.ndarray] | None = None,
     known_outputs: dict[str, dict[int, int]] | None = None,
+    engine_scale: int = 1,
 ) -> PlanningContext:
-    """Sample the workload and set up lazy curves for every model."""
+    """Sample the workload and set up lazy curves for every model; ``engine_scale`` > 1 when ``app`` is a
+    subsample standing for an app that many times larger (``scale_model.py``)."""
     workload = sample_workload(
         app, {m: o.sampling for m, o in model_options.items()}, seed=seed, sample_index=sample_index,
         finished=finished, known_outputs=known_outputs,
     )
     curves = {}
-    for model, options_of_model in model_options.items():
-        options = options_of_model.options(
-            cluster.num_gpus, allow_replicas=settings.allow_replicas, allow_sharing=settings.allow_sharing
-        )
-        curves[model] = model_curves(workload, options_of_model, options, batches=settings.curve_batches)
+    longest = {model: max(int((workload.nodes[n].prompt + workload.nodes[n].output).max()) for n in nodes)
+               for model, nodes in workload.model_nodes.items()}
+    for model in workload.models:  # a scale model's subsample may leave a model of the app without requests
+        options_of_model = model_options[model]
+        options = [o for o in options_of_model.options(cluster.num_gpus, allow_replicas=settings.allow_replicas,
+                                                       allow_sharing=settings.allow_sharing)
+                   if shrinkable(options_of_model, o, engine_scale, longest[model])]
+        curves[model] = model_curves(workload, options_of_model, options, batches=settings.curve_batches,
+                                     engine_scale=engine_scale)
     nodes = workload.nodes
     membership = np.array([[1.0 if n.model == m else 0.0 for n in nodes] for m in workload.models])
     return PlanningContext(
@@ -126,5 +141,8 @@ def build_context(
         flops_per_token=np.array([n.flops_per_token for n in nodes], dtype=np.float64),
         node_model=[n.model for n in nodes],
         upstream=[n.upstream for n in nodes],
+        reads=[n.reads for n in nodes],
         membership=membership,
+        engine_scale=engine_scale,
+        longest_tokens=longest,
     )

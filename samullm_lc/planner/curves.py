@@ -129,6 +129,7 @@ class ModelCurves:
     prompt: np.ndarray
     output: np.ndarray
     batches: int = BATCHES_SIMULATED  # of each simulation (``fit_curve``)
+    engine_scale: int = 1  # the replay's engines are this many times smaller, on as many times fewer requests
     curves: dict[EngineOption, EngineCurve] = field(default_factory=dict)
     _best: dict[float, EngineCurve | None] = field(default_factory=dict)
     _efficient: dict[float, EngineCurve] = field(default_factory=dict)
@@ -143,9 +144,20 @@ class ModelCurves:
         """The curve of ``option``, simulated on first use (or derived from one replica's, see ``_replicated``)."""
         curve = self.curves.get(option)
         if curve is None:
-            curve = self.curves[option] = self._replicated(option) or fit_curve(
-                option, self.model_options, self.prompt, self.output, batches=self.batches)
+            curve = self.curves[option] = self._replicated(option) or self._shrunk(fit_curve(
+                option, self.model_options, self.prompt, self.output, batches=self.batches))
         return curve
+
+    def _shrunk(self, curve: EngineCurve) -> EngineCurve:
+        """The curve of the replay's engine when it is a scale model (``scale_model.py``): 1/``engine_scale`` of
+        the real engine's rate on the subsample's work (so as long as the real engine on all of it), the same
+        tail and load."""
+        k = self.engine_scale
+        if k == 1:
+            return curve
+        return EngineCurve(option=curve.option, rate=curve.rate / k, tail=curve.tail,
+                           standalone_seconds=(curve.standalone_seconds - curve.tail) * k + curve.tail,
+                           load_seconds=curve.load_seconds)
 
     def _replicated(self, option: EngineOption) -> EngineCurve | None:
         """A data-parallel option's curve from its single-replica option's, when every replica's share is long.
@@ -239,11 +251,12 @@ class ModelCurves:
 
 
 def model_curves(workload: Workload, model_options: ModelOptions, options: list[EngineOption], *,
-                 batches: int = BATCHES_SIMULATED) -> ModelCurves:
+                 batches: int = BATCHES_SIMULATED, engine_scale: int = 1) -> ModelCurves:
     """The (lazy) curves of one model over all its unfinished requests, in FCFS (topological) order."""
     nodes = [workload.nodes[i] for i in workload.model_nodes[model_options.model]]
     prompt = np.concatenate([n.prompt[~n.done] for n in nodes])
     output = np.concatenate([n.output[~n.done] for n in nodes])
     if prompt.size == 0:
         prompt, output = np.ones(1, np.int64), np.ones(1, np.int64)
-    return ModelCurves(model_options=model_options, options=options, prompt=prompt, output=output, batches=batches)
+    return ModelCurves(model_options=model_options, options=options, prompt=prompt, output=output, batches=batches,
+                       engine_scale=engine_scale)

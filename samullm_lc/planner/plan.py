@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.errors import ConfigError
+from samullm_lc.user_files import read_user_text
 from samullm_lc.validated import ValidatedModel
 
 MEMORY_SLACK = 1e-9
@@ -134,6 +136,22 @@ class Plan(ValidatedModel):
         None, description="(min, max) over output-length samples, when the plan was evaluated on several."
     )
     planning_seconds: float = 0.0
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON (``samullm.offline(plan=path)`` runs it again without planning)."""
+        path = Path(path)
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read a plan written by ``save``; ConfigError naming the file if it is missing or not a plan."""
+        fix = "give a file written by Plan.save or `samullm plan --out FILE --json`"
+        text = read_user_text(path, what="plan", fix=fix)
+        try:
+            return cls.model_validate_json(text)
+        except ConfigError as exc:
+            raise ConfigError(f"plan {path} is not a valid Plan ({exc}); {fix}") from None
 
     def describe(self) -> str:
         """The plan as a person reads it: one block per stage."""

@@ -33,7 +33,7 @@ from samullm_lc.errors import ConfigError
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.placement import Assignment
 from samullm_lc.planner.replicas import EPS, ReplayedPlacement, replica_of
-from samullm_lc.planner.stages import Group, StageState, stage_enders, stage_nodes
+from samullm_lc.planner.stages import Group, StageState, reaches, stage_enders, stage_nodes
 
 STAGE_HORIZON_SECONDS = 30.0
 """Simulated seconds a stage's placements are first advanced by while its end is unknown (then twice as far, ...)."""
@@ -170,12 +170,48 @@ class ExactRun:
         self.stages.append(record)
         return record
 
+    def can_progress(self, stage: StageChoice) -> bool:
+        """Whether some request of the stage's listed nodes can run: every request it reads has finished or is
+        of a node in the stage. A plan replayed on other lengths (or on a scale model's subsample) can reach a
+        stage whose nodes all wait for nodes that finish later there; that stage is skipped (``api``)."""
+        nodes = self._stage_nodes({a.model: a for a in stage.group}, stage.nodes)
+        member = set(nodes)
+        for n in nodes:
+            ready = np.isnan(self.done_at[n])
+            for u, index in self.ctx.reads[n]:
+                if u not in member:
+                    has = index >= 0
+                    ready &= ~has | ~np.isnan(self.done_at[u][np.where(has, index, 0)])
+            if ready.any():
+                return True
+        return False
+
     def _stage_nodes(self, chosen: dict[str, Assignment], listed: dict[str, list[int]] | None) -> list[int]:
         unfinished = np.array([np.isnan(d).any() for d in self.done_at])
         if listed is None:
             return stage_nodes(self.ctx, unfinished, set(chosen))
         wanted = {n for model, ns in listed.items() if model in chosen for n in ns}
-        return [n for n in range(self.ctx.num_nodes) if n in wanted and unfinished[n]]
+        nodes = [n for n in range(self.ctx.num_nodes) if n in wanted and unfinished[n]]
+        return self._without_unfed_levels(nodes, unfinished)
+
+    def _without_unfed_levels(self, nodes: list[int], unfinished: np.ndarray) -> list[int]:
+        """The listed nodes less the levels of a node in a loop (``node_parts.py``) that the stage that planned
+        them could not take (as ``stage_nodes``): a plan names the app node, not its levels. A level is left out
+        when a node it reads is neither finished nor in the stage, or when it would make two engines feed each
+        other; the first level of a node, like every node not in a loop, is taken as listed."""
+        ctx = self.ctx
+        taken: set[int] = set()
+        feeds: dict[str, set[str]] = {}
+        for n in nodes:
+            first = ctx.app_node_parts(ctx.workload.nodes[n].app_node)[0] == n
+            sources = {ctx.node_model[u] for u in ctx.upstream[n] if u in taken} - {ctx.node_model[n]}
+            if not first and (any(unfinished[u] and u not in taken for u in ctx.upstream[n])
+                              or any(reaches(feeds, ctx.node_model[n], source) for source in sources)):
+                continue
+            for source in sources:
+                feeds.setdefault(source, set()).add(ctx.node_model[n])
+            taken.add(n)
+        return [n for n in nodes if n in taken]
 
     def _feed_order(self, nodes: list[int]) -> list[ReplayedPlacement]:
         """Live placements, each after the placements that feed it in this stage."""
@@ -235,13 +271,17 @@ class ExactRun:
         arrival = np.full(requests.size, self.now)
         replica = np.full(requests.size, -1)
         ok = np.ones(requests.size, dtype=bool)
-        for u in self.ctx.upstream[n]:
-            upstream_replica = replica_of(self.slot_of[u][requests])
-            held = (self.placed_on[u][requests] == placement.uid) & ((replica < 0) | (replica == upstream_replica))
+        for u, index in self.ctx.reads[n]:
+            read = index[requests]
+            has = read >= 0
+            read = np.where(has, read, 0)
+            upstream_replica = replica_of(self.slot_of[u][read])
+            held = has & (self.placed_on[u][read] == placement.uid) & ((replica < 0) | (replica == upstream_replica))
             replica[held] = upstream_replica[held]
-            times = self._finish_times(u, requests[~held])
-            ok[~held] &= ~np.isnan(times)
-            arrival[~held] = np.fmax(arrival[~held], times)
+            wait = has & ~held
+            times = self._finish_times(u, read[wait])
+            ok[wait] &= ~np.isnan(times)
+            arrival[wait] = np.fmax(arrival[wait], times)
         order = np.argsort(arrival[ok], kind="stable")
         chosen = requests[ok][order]
         self.placed_on[n][chosen] = placement.uid
@@ -287,7 +327,8 @@ class ExactRun:
             entries.append(EntryRecord(
                 assignment=assignment, nodes=mine, load=loads.get(model, 0.0),
                 finished=[n for n in mine if n in after and n not in before],
-                requests_done={n: int((~np.isnan(self.done_at[n])).sum()) for n in mine},
+                requests_done={p: int((~np.isnan(self.done_at[p])).sum()) for n in mine
+                               for p in self.ctx.app_node_parts(self.ctx.workload.nodes[n].app_node)},
             ))
         return StageRecord(start=start, end=end, entries=entries)
 
@@ -313,7 +354,12 @@ class ExactRun:
     def _withdraw_downstream(self, node: int, requests: np.ndarray) -> None:
         """Requests fed by requests that will not finish as simulated are taken back from their placements."""
         for d in self.ctx.workload.downstream[node]:
-            queued = requests[(self.placed_on[d][requests] >= 0) & np.isnan(self.done_at[d][requests])]
+            reading = np.zeros(self.ctx.workload.nodes[d].num_requests, dtype=bool)
+            for u, index in self.ctx.reads[d]:
+                if u == node:
+                    reading |= np.isin(index, requests)
+            readers = np.flatnonzero(reading)
+            queued = readers[(self.placed_on[d][readers] >= 0) & np.isnan(self.done_at[d][readers])]
             if queued.size == 0:
                 continue
             touched = set()

@@ -4,9 +4,10 @@ A placement (one model, one ``Assignment``) lives in the replay (``replay.ExactR
 starts it until a stage changes or drops it. Requests go to its replicas round-robin as they are submitted,
 except that a request reading a request on the same placement goes to that request's replica, whose simulator
 holds it back until that one finishes (``ContinuousBatchingSimulator.add_requests``'s ``after``: vertical
-fusion). A placement computes nothing before its load time is over. A replica is re-simulated from its
-start, with the same inputs, only when it gets a request that arrives before its simulated clock (a node
-joins a busy placement) or loses requests whose upstream placement was stopped.
+fusion). A placement computes nothing before its load time is over. On a scale model (``scale_model.py``) each
+replica's engine is the shrunk one. A replica is re-simulated from its start, with the same inputs, only when it
+gets a request that arrives before its simulated clock (a node joins a busy placement) or loses requests whose
+upstream placement was stopped.
 
 Each request on a placement has a slot code, ``replica * SLOT + place``; ``replica_of`` reads the replica back.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.placement import Assignment
+from samullm_lc.planner.scale_model import shrunk_engine
 
 EPS = 1e-9
 """Seconds under which two simulated times count as equal."""
@@ -68,8 +70,9 @@ class ReplayedPlacement:
         self.load = load
         self.origin = started + load
         options = ctx.model_options[assignment.model]
-        self._scheduler = options.scheduler(assignment.option)
-        self._latency = options.latency(assignment.option)
+        self._scheduler, self._latency = shrunk_engine(options.scheduler(assignment.option),
+                                                       options.latency(assignment.option), ctx.engine_scale,
+                                                       ctx.longest_tokens.get(assignment.model, 1))
         self.replicas = [_Replica(self._simulator()) for _ in range(assignment.option.replicas)]
         self._next = 0  # the replica the next request without a replica of its own goes to
         self._stale: set[int] = set()  # replicas to re-simulate from scratch
@@ -126,8 +129,13 @@ class ReplayedPlacement:
         for n in np.unique(nodes).tolist():
             mask = nodes == n
             prompt[mask], output[mask] = work[n].prompt[requests[mask]], work[n].output[requests[mask]]
-        after = [[place[u, r] for u in work[n].upstream if (u, r) in place]
-                 for n, r in zip(replica.nodes[first:], replica.requests[first:], strict=True)]
+        after: list[list[int]] = [[] for _ in range(nodes.size)]
+        for n in np.unique(nodes).tolist():
+            where = np.flatnonzero(nodes == n)
+            for u, index in work[n].reads:
+                for i, r in zip(where.tolist(), index[requests[where]].tolist(), strict=True):
+                    if r >= 0 and (u, r) in place:
+                        after[i].append(place[u, r])
         replica.sim.add_requests(prompt, output, np.asarray(replica.arrivals[first:]), after)
 
     def remove(self, doomed: set[int]) -> None:

@@ -104,7 +104,7 @@ def _stage_nodes(ctx: PlanningContext, unfinished: np.ndarray, models: set[str])
         if any(unfinished[u] and not member[u] for u in ups):
             continue
         sources = {ctx.node_model[u] for u in ups if member[u] and ctx.node_model[u] != model}
-        if any(_reaches(feeds, model, source) for source in sources):
+        if any(reaches(feeds, model, source) for source in sources):
             continue
         for source in sources:
             feeds.setdefault(source, set()).add(model)
@@ -124,7 +124,7 @@ def stage_enders(ctx: PlanningContext, nodes: list[int]) -> list[int]:
     return [n for n in nodes if n not in fused]
 
 
-def _reaches(feeds: dict[str, set[str]], start: str, goal: str) -> bool:
+def reaches(feeds: dict[str, set[str]], start: str, goal: str) -> bool:
     """Whether ``goal`` is reachable from ``start`` along the engine feed edges."""
     seen, todo = {start}, [start]
     while todo:

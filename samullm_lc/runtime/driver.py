@@ -1,19 +1,17 @@
 """The pool's driver: one thread that runs the plan, keeps engines fed, and re-plans as batches finish.
 
-It always runs the first stage of the latest plan. Engines of that stage whose placement is unchanged keep
-running; the others stop (their unfinished requests go back to the front of their model's queue) and the
-new ones start as their devices free up. It re-plans, with the planner's ``replan`` on what it observed
-(finished requests, refined output-length distributions, measured load times), when a model finishes its
-share of the app, work arrives for a model the stage does not run, the stage runs longer than planned by more
-than ``replan_threshold``, or an engine fails (``replan_triggers.py`` names them).
+It always runs the first stage of the latest plan (from the start, a plan given to the pool, if any). Engines
+of that stage whose placement is unchanged keep running; the others stop (their unfinished requests go back to
+the front of their model's queue) and the new ones start as their devices free up. It re-plans (``planning.py``:
+the planner's ``replan`` on what it observed) when a model finishes its share of the app, work arrives for a
+model the stage does not run, the stage runs longer than planned by more than ``replan_threshold``, an engine
+fails, or the client's notices complete a node or end its intake; ``replan_triggers.py`` names them.
 
 Requests wait in per-model queues; each engine holds at most ``max_in_flight`` of them, so a re-plan can
 move the rest. Every request resolves its future exactly once: a result, or a ``RequestError``. A request
 that cannot be taken in fails alone; if planning fails, every outstanding request fails with the reason
 (recorded in the report's ``errors``); if the driver itself fails, every future, queued or not yet taken,
-fails with the cause. A long-running pool keeps nothing per finished request beyond the app graph's own
-bookkeeping: requests beyond the graph are kept only while unfinished, observed output lengths as a bounded
-uniform sample.
+fails with the cause. Nothing is kept per finished request beyond the app graph's own bookkeeping.
 
 The parts: ``RequestBook`` (one record per request, the queues, the app's progress), ``EngineSet`` (the
 engines and where they run), ``RunRecorder`` (the report), ``ReplanTriggers`` (when to re-plan). The driver
@@ -29,24 +27,20 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-
-from samullm_lc.costmodel.lengths import OutputLengthDistribution
 from samullm_lc.costmodel.profile import EngineProfile
-from samullm_lc.errors import ConfigError, JournalError, PoolError, RequestError, SamullmError
+from samullm_lc.errors import JournalError, PoolError, RequestError, SamullmError
 from samullm_lc.graph.app_graph import AppGraph
-from samullm_lc.planner import check_planner, plan_app, replan
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import Plan
-from samullm_lc.planner.planners import DEFAULT_PLANNER
-from samullm_lc.planner.state import RunState
 from samullm_lc.runtime.backends.base import Backend, EngineReady, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.client_notices import ClientNotices
+from samullm_lc.runtime.driver_settings import DriverSettings
 from samullm_lc.runtime.engine_set import EngineSet, RunningEngine
 from samullm_lc.runtime.journal import Journal
-from samullm_lc.runtime.replan_triggers import ReplanTrigger, ReplanTriggers
+from samullm_lc.runtime.planning import plan_rest
+from samullm_lc.runtime.replan_triggers import ReplanReason, ReplanTrigger, ReplanTriggers
 from samullm_lc.runtime.report import RunReport
 from samullm_lc.runtime.request_book import RequestBook, RequestRecord
 from samullm_lc.runtime.requests import GenerationResult, Request, content_key
@@ -55,40 +49,12 @@ from samullm_lc.runtime.run_recorder import RunRecorder
 logger = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class DriverSettings:
-    """Knobs of the driver loop; checked when made (a value that would hang the pool is a ``ConfigError``)."""
-
-    planner: str = DEFAULT_PLANNER
-    replan_threshold: float = 0.25
-    max_in_flight: int = 512
-    max_attempts: int = 3
-    max_engine_failures: int = 3
-    poll_seconds: float = 0.2
-    min_replan_seconds: float = 2.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_planner(self.planner)
-        for name in ("max_in_flight", "max_attempts", "max_engine_failures"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
-        for name in ("replan_threshold", "poll_seconds"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value < np.inf:
-                raise ConfigError(f"{name} must be a positive number of seconds or a fraction, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ConfigError(f"seed must be a whole number of at least 0 (numpy's generators take no negative "
-                              f"seeds), got {self.seed!r}")
-
-
 class Driver:
     """Takes requests in, runs the plan on the engines, and re-plans; runs in the pool's driver thread."""
 
     def __init__(self, app: AppGraph | None, cluster: Cluster, backend: Backend, *, models: list[str],
                  profiles: dict[str, EngineProfile], journal: Journal | None, settings: DriverSettings,
-                 on_progress: Callable[[RunReport], None] | None = None) -> None:
+                 on_progress: Callable[[RunReport], None] | None = None, plan: Plan | None = None) -> None:
         self.cluster = cluster
         self.backend = backend
         self.profiles = profiles
@@ -100,6 +66,7 @@ class Driver:
         self._intake_closed: str | None = None  # why the driver takes no more requests (None: it takes them)
         self.closing = threading.Event()
         self.cancelling = threading.Event()  # close without waiting: fail what is outstanding
+        self.notices = ClientNotices()  # the client's counts of requests to come, and the end of its intake
         self.idle = threading.Condition()
         self.book = RequestBook(app, models, seed=settings.seed)
         self.engines = EngineSet(backend, max_in_flight=settings.max_in_flight)
@@ -108,21 +75,28 @@ class Driver:
         self.triggers = ReplanTriggers(threshold=settings.replan_threshold,
                                        min_replan_seconds=settings.min_replan_seconds)
         self._plan: Plan | None = None
+        self._given_plan = plan  # started as the run starts, instead of planning at start
         self._occurrences: Counter[str] = Counter()  # journal keys: how often each content was seen
         self._pending_journal: list[tuple[str, GenerationResult]] = []
         self._last_progress = 0.0
         if app is not None:
             for node in app.nodes:
                 self.recorder.expect(node.model, node.num_requests)
-            self.triggers.add(ReplanTrigger.start())  # the graph says what is coming: start loading engines now
+            if plan is None:  # the graph says what is coming: start loading engines now
+                self.triggers.add(ReplanTrigger.start())
 
     # ---- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
         """The driver thread's body: until closed and idle."""
         stop_reason = "the pool was closed; submit requests before close()"
         try:
+            if self._given_plan is not None:
+                self._start_plan(self._given_plan, ReplanTrigger.plan_given().detail, 0.0, self.book.app)
             while True:
+                counts, finishing = self.notices.take()  # before the inbox: what was offered first is counted
                 self._take_inbox()
+                if counts or finishing:
+                    self._apply_notices(counts, finishing)
                 if self.cancelling.is_set() and self.book.outstanding:
                     self.recorder.interrupted()
                     self._fail_all("the run was interrupted before this request finished")
@@ -181,6 +155,20 @@ class Driver:
                 return self._intake_closed
             self.inbox.append((request, future))
             return None
+
+    def _apply_notices(self, counts: dict[str, int], finishing: bool) -> None:
+        """Apply the client's notices (``client_notices.py``): nodes expect what it counts (or, once its intake
+        finished, only what they were given). Re-plan if that completed a node (its readers can start), finished a
+        model (the stage boundary) or, at the end of intake, dropped any request."""
+        fewer, completed = self.book.expect(counts)
+        dropped = self.book.finish_intake() if finishing else Counter()
+        for model in {*fewer, *dropped}:
+            self.recorder.expect_fewer(model, fewer[model] + dropped[model])
+        done = [m for m in fewer if fewer[m] > 0 and self.book.remaining(m) <= 0 and not self.book.outstanding_of(m)]
+        if dropped:
+            self.triggers.add(ReplanTrigger.intake_finished(sum(dropped.values())))
+        elif completed or done:
+            self.triggers.add(ReplanTrigger.expectations(completed, done))
 
     def _close_intake(self, reason: str) -> None:
         """Take no more requests; the ones offered but not taken in fail with ``reason``."""
@@ -376,6 +364,8 @@ class Driver:
     # ---- the plan ------------------------------------------------------------------------------------
     def _replan(self) -> None:
         """Plan what is left (``RequestBook.planned_app``) and make the engines match the plan's first stage."""
+        if (pending := self.triggers.pending) is not None and pending.reason is ReplanReason.STAGE_OVERRUN:
+            self._unstall()
         trigger = self.triggers.take(self.book.queued_models())
         app = self.book.planned_app()
         if trigger is None or app is None:
@@ -383,33 +373,32 @@ class Driver:
         started = time.perf_counter()
         settings = self.settings
         try:
-            state = self._run_state(app)
-            if self._plan is None and not state.finished:
-                plan = plan_app(app, self.cluster, settings.planner, seed=settings.seed, profiles=self.profiles)
-            else:
-                plan = replan(app, self.cluster, state, settings.planner, seed=settings.seed, profiles=self.profiles)
+            plan = plan_rest(app, self.cluster, self.book, self.engines, first=self._plan is None,
+                             planner=settings.planner, seed=settings.seed, profiles=self.profiles,
+                             now=self.backend.now())
         except SamullmError as exc:
             self._fail_all(f"planning failed: {exc}")
             return
+        self._start_plan(plan, trigger.detail, time.perf_counter() - started, app)
+
+    def _unstall(self) -> None:
+        """A stage overran with every running engine idle while requests of other models wait: the plan waits for
+        calls the app graph expected of the running models that have not come (an over-estimate the client did
+        not correct). Those nodes now expect only what they were given; more of their calls run beyond the graph."""
+        running = {engine.spec.model for engine in self.engines}
+        waiting = [m for m in self.book.queued_models() if m not in running]
+        if not waiting or any(self.book.outstanding_of(m) for m in running):
+            return
+        fewer, _ = self.book.expect(self.book.assigned_counts(running))
+        for model, count in fewer.items():
+            self.recorder.expect_fewer(model, count)
+
+    def _start_plan(self, plan: Plan, reason: str, planning_seconds: float, app: AppGraph | None) -> None:
+        """Record the plan (made for ``app``, for ``reason``) and make the engines match its first stage."""
         now = self.backend.now()
-        self.recorder.planned(plan, now=now, reason=trigger.detail, planning_seconds=time.perf_counter() - started,
-                              node_models={n.name: n.model for n in app.nodes})
+        self.recorder.planned(plan, now=now, reason=reason, planning_seconds=planning_seconds,
+                              node_models={n.name: n.model for n in app.nodes} if app is not None else {})
         self._plan = plan
         stage = plan.stages[0] if plan.stages else None
         self.triggers.stage_started(now, stage.end_seconds - stage.start_seconds if stage else math.inf)
         self.engines.reconcile(stage)
-
-    def _run_state(self, app: AppGraph) -> RunState:
-        """What the planner's ``replan`` is told: progress, running engines, observed lengths and loads."""
-        models = app.models()
-        finished, outputs = self.book.node_progress({node.name for node in app.nodes})
-        return RunState(finished=finished, output_tokens=outputs,
-                        engines={model: self.engines.running_plan(model) for model in models},
-                        output_lengths=self.book.refined_lengths(models, self._base_lengths),
-                        load_seconds=self.engines.load_seconds(models), elapsed_seconds=self.backend.now())
-
-    def _base_lengths(self, model: str) -> OutputLengthDistribution:
-        profile = self.profiles.get(model)
-        if profile is not None and profile.output_lengths is not None:
-            return profile.output_lengths
-        return OutputLengthDistribution.sharegpt()

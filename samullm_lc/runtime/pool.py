@@ -10,7 +10,9 @@ request resolves its future with a ``RequestError`` and nothing else notices. On
 ``submit`` never raises: a request the pool can no longer take (closed, or its driver failed) fails its own
 future with the reason. One driver thread (see
 ``driver.py``) runs everything else in-process: no server. ``app`` (the multi-LLM dependency graph, e.g.
-from tracing) tells the planner what is coming; requests beyond it are planned as they arrive.
+from tracing) tells the planner what is coming; requests beyond it are planned as they arrive. A ``plan`` made
+for the app before the run (``plan_app``) starts at once instead of the planner's first plan; ``finish_intake``
+says no more requests come, so nodes the graph over-estimated stop holding the plan up.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.errors import ConfigError, PoolError, RequestError, UnknownModelError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.plan import Plan
 from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
-from samullm_lc.runtime.driver import Driver, DriverSettings
+from samullm_lc.runtime.driver import Driver
+from samullm_lc.runtime.driver_settings import DriverSettings
 from samullm_lc.runtime.journal import Journal
+from samullm_lc.runtime.planning import check_given_plan
 from samullm_lc.runtime.progress import ProgressDisplay
 from samullm_lc.runtime.report import RunReport
 from samullm_lc.runtime.requests import (
@@ -64,14 +69,20 @@ class EnginePool:
         backend: str | Backend = "vllm",
         planner: str = DEFAULT_PLANNER,
         profiles: dict[str, EngineProfile] | None = None,
-        journal: str | Path | None = None,
+        journal: str | Path | Journal | None = None,
         replan_threshold: float = 0.25,
         max_in_flight: int = 512,
         engine_settings: Callable[[EngineSpec], EngineSettings] | None = None,
         progress: bool | None = None,
         seed: int = 0,
+        plan: Plan | None = None,
     ) -> None:
+        """``plan``: a plan made for ``app`` on ``cluster`` before the run (``plan_app``, e.g. on the traced graph
+        scaled to the batch): its first stage's engines start at once, without planning at start; later stages
+        are re-planned from what the run observes. ``ConfigError`` if it does not fit the app and cluster."""
         self.cluster = Cluster.parse(cluster) if isinstance(cluster, str) else cluster
+        if plan is not None:
+            check_given_plan(plan, app, self.cluster)
         self.models = list(dict.fromkeys([*(app.models() if app else []), *models]))
         if not self.models:
             raise ConfigError("the pool serves no model: give an app graph or `models=[...]`")
@@ -81,10 +92,10 @@ class EnginePool:
         self._check_profiles()
         self._settings_for = engine_settings
         self.backend = self._make_backend(backend, engine_settings, seed)
-        self.journal = Journal(journal) if journal is not None else None
+        self.journal = journal if isinstance(journal, Journal) or journal is None else Journal(journal)
         self._progress = ProgressDisplay(self.models, enabled=progress)
         self._driver = Driver(app, self.cluster, self.backend, models=self.models, profiles=self.profiles,
-                              journal=self.journal, settings=settings, on_progress=self._progress.update)
+                              journal=self.journal, settings=settings, on_progress=self._progress.update, plan=plan)
         self._ids = itertools.count()
         self._rejected = 0
         self._rejected_lock = threading.Lock()
@@ -195,6 +206,24 @@ class EnginePool:
             self._driver.cancelling.set()
             self.backend.wake()
 
+    def expect(self, counts: dict[str, int]) -> None:
+        """The client's running count of the requests each app node will make in all (e.g. the drop-in's, from its
+        inputs' progress: an input that has moved past a node makes no more of its calls). A node then expects
+        that many, at least what it was given and at most what the graph holds, so a graph that over-estimated
+        a node does not hold its readers' model back; completing a node or a model this way re-plans. Any
+        thread."""
+        self._driver.notices.expect(dict(counts))
+        self.backend.wake()
+
+    def finish_intake(self) -> None:
+        """No requests beyond those already submitted will come (the user's batch call returned). Each app node
+        then expects only the requests it was given, so a node the graph over-estimated no longer holds the plan
+        up (its readers' model waiting for it to finish), the rest is re-planned, and engines of models with
+        nothing left stop. Requests submitted later still run, as requests beyond the graph. Any thread; the
+        requests this thread submitted before the call are counted first."""
+        self._driver.notices.finish_intake()
+        self.backend.wake()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -278,6 +307,16 @@ def model_architecture(model: str) -> Any:
         return resolve_architecture(model)
     except UnknownModelError:
         return resolve_architecture(local_model_folder(model))
+
+
+def check_models(models: Iterable[str], cluster: Cluster, backend: str) -> None:
+    """Refuse now what starting a pool for ``models`` would refuse about them: weights not on this machine for the
+    ``vllm`` backend, an architecture that cannot be resolved for GPU planning (``ConfigError`` naming the fix)."""
+    for model in models:
+        if cluster.spec.kind != "cpu":
+            model_architecture(model)
+        if backend == "vllm":
+            default_engine_settings(cluster)(EngineSpec(engine_id=-1, model=model, devices=(0,)))
 
 
 def check_backend(name: str) -> str:

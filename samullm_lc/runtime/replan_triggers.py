@@ -2,12 +2,15 @@
 
 The driver re-plans, with the planner's ``replan`` on what it observed, when
 
-- the run starts, or its first requests arrive (``START``),
+- the run starts, or its first requests arrive (``START``), unless the pool was given a plan: then that plan's
+  first stage starts at once (``PLAN_GIVEN`` names it in the report; no planning),
 - a model finishes its share of the app, the plan's stage boundary (``MODEL_FINISHED``),
 - work arrives for a model no engine runs, requests beyond the app graph (``BEYOND_APP``),
 - the stage runs longer than planned by more than ``replan_threshold`` (``STAGE_OVERRUN``),
 - an engine fails and is to be restarted or re-planned elsewhere (``ENGINE_FAILED``),
-- a model is given up after its engines kept failing (``MODEL_GIVEN_UP``).
+- a model is given up after its engines kept failing (``MODEL_GIVEN_UP``),
+- the client says no more requests come and some node expected more than it got (``INTAKE_FINISHED``): a traced
+  graph over-estimated its calls, so the plan still waits for them and keeps engines for them.
 
 Several triggers may fire between two plans; the first names the re-plan in the report.
 """
@@ -29,6 +32,9 @@ class ReplanReason(Enum):
     STAGE_OVERRUN = "stage overran"
     ENGINE_FAILED = "engine failed"
     MODEL_GIVEN_UP = "model given up"
+    PLAN_GIVEN = "plan given"
+    INTAKE_FINISHED = "intake finished"
+    EXPECTATIONS = "fewer requests expected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +66,22 @@ class ReplanTrigger:
         return cls(ReplanReason.ENGINE_FAILED, f"engine {engine_id} ({model}) failed: {failure}")
 
     @classmethod
+    def expectations(cls, nodes: list[str], models: list[str]) -> ReplanTrigger:
+        done = [*(f"node {n}" for n in nodes), *(f"model {m}" for m in models)]
+        return cls(ReplanReason.EXPECTATIONS, f"the client expects fewer requests: {', '.join(done)} finished")
+
+    @classmethod
     def model_given_up(cls, message: str) -> ReplanTrigger:
         return cls(ReplanReason.MODEL_GIVEN_UP, message)
+
+    @classmethod
+    def plan_given(cls) -> ReplanTrigger:
+        return cls(ReplanReason.PLAN_GIVEN, "plan given to the pool")
+
+    @classmethod
+    def intake_finished(cls, not_coming: int) -> ReplanTrigger:
+        return cls(ReplanReason.INTAKE_FINISHED, f"intake finished: {not_coming} request(s) the app graph expected "
+                                                 "will not come")
 
 
 class ReplanTriggers:

@@ -5,7 +5,9 @@ A request's whole state lives in its ``RequestRecord`` (as nano-vllm's ``Sequenc
 and where it is (queued, on an engine, resolved). Around the records the book keeps what resolving one must
 keep in step: the per-model queues, each app-graph node's progress, the nodes of requests beyond the graph
 (``#extra``), the models given up, and a bounded sample of observed output lengths. ``complete`` and ``fail``
-update all of it and resolve the future, in one call, exactly once.
+update all of it and resolve the future, in one call, exactly once. ``finish_intake`` is told that no more
+requests come: each node then expects what it was given (a traced graph may have over-estimated a node's calls),
+and the app the planner plans shrinks to match.
 
 Why one book: the planner's ``RunState`` and the app still to plan (``planned_app``) are read from it, and the
 driver only glues it to the engines and the report. A pool serving a stream keeps nothing per finished request
@@ -84,6 +86,25 @@ class ObservedLengths:
         slot = int(rng.integers(self.seen))
         if slot < OBSERVED_LENGTHS_KEPT:
             self.tokens[slot], self.cut[slot] = tokens, cut
+
+
+def shrink_node(app: AppGraph, node: LLMNode, counts: dict[str, int]) -> LLMNode | None:
+    """``node`` of ``app`` cut to its first ``counts[node.name]`` requests, each reading only the upstream requests
+    left when every node is cut to its count (a node whose count is 0 is gone); None if it has none left."""
+    count = counts[node.name]
+    if count == node.num_requests and all(counts[u] == app.node(u).num_requests for u in node.depends_on):
+        return node
+    if count == 0:
+        return None
+    reads = node.upstream_requests or {u: [[i] for i in range(node.num_requests)] for u in node.depends_on}
+    kept = {u: [[j for j in lists[i] if j < counts[u]] for i in range(count)]
+            for u, lists in reads.items() if counts[u] > 0}
+    return node.model_copy(update={
+        "input_tokens": node.input_tokens[:count],
+        "inputs": None if node.inputs is None else node.inputs[:count],
+        "depends_on": [u for u in node.depends_on if counts[u] > 0],
+        "upstream_requests": kept or None,
+    })
 
 
 class RequestBook:
@@ -184,6 +205,10 @@ class RequestBook:
         """Requests taken in and not resolved."""
         return len(self._records)
 
+    def remaining(self, model: str) -> int:
+        """Requests expected of ``model`` that have not finished (app nodes and beyond)."""
+        return self._remaining[model]
+
     def outstanding_of(self, model: str) -> int:
         """Requests of ``model`` taken in and not resolved (queued or on an engine)."""
         return self._outstanding[model]
@@ -236,6 +261,47 @@ class RequestBook:
         self._remaining[request.model] -= 1
         return self._remaining[request.model] <= 0 and self._outstanding[request.model] == 0
 
+    def finish_intake(self) -> Counter[str]:
+        """No more requests come: every node now expects only the requests it was assigned, so a node the app
+        graph over-estimated no longer waits for calls that never come (later requests go beyond the graph).
+        Returns, per model, how many requests are no longer expected."""
+        dropped: Counter[str] = Counter()
+        for name, progress in self._nodes.items():
+            if progress.assigned < progress.expected:
+                model = self.app.node(name).model  # type: ignore[union-attr]  # nodes come only from an app
+                dropped[model] += progress.expected - progress.assigned
+                progress.expected = progress.assigned
+        self._remaining.subtract(dropped)
+        return dropped
+
+    def expect(self, counts: dict[str, int]) -> tuple[Counter[str], list[str]]:
+        """The client's running count of the requests each app node will make in all (e.g. from its inputs'
+        progress): each node now expects that many, at least what it was assigned and at most what the graph
+        holds (more go beyond the graph). Returns, per model, how many fewer requests are expected (negative:
+        more), and the nodes this completed (every request they will make has finished)."""
+        fewer: Counter[str] = Counter()
+        completed: list[str] = []
+        for name, count in counts.items():
+            progress = self._nodes.get(name)
+            if progress is None:
+                continue
+            limit = self.app.node(name).num_requests  # type: ignore[union-attr]  # nodes come only from an app
+            expected = min(max(int(count), progress.assigned), limit)
+            if expected == progress.expected:
+                continue
+            fewer[self.app.node(name).model] += progress.expected - expected  # type: ignore[union-attr]
+            progress.expected = expected
+            if len(progress.finished) >= expected:
+                completed.append(name)
+        self._remaining.subtract(fewer)
+        return fewer, completed
+
+    def assigned_counts(self, models: Iterable[str]) -> dict[str, int]:
+        """Per app node of ``models``, the requests it was given so far."""
+        wanted = set(models)
+        return {name: progress.assigned for name, progress in self._nodes.items()
+                if self.app is not None and self.app.node(name).model in wanted}
+
     def take_all(self) -> list[RequestRecord]:
         """Empty every queue and return every outstanding record (to fail them all)."""
         for queue in self._queues.values():
@@ -265,23 +331,26 @@ class RequestBook:
     def planned_app(self) -> AppGraph | None:
         """What the planner plans: the app graph plus, per model, a node of the unfinished requests beyond it;
         None if there is neither. Nodes of given-up models, and the nodes that read them, are left out: their
-        requests fail or never come."""
+        requests fail or never come. After ``finish_intake`` each node keeps only its first requests, as many as
+        it was assigned (the book numbers a node's requests in arrival order)."""
         app = self.app
-        nodes = list(app.nodes) if app is not None else []
-        if self._given_up and app is not None:
+        nodes: list[LLMNode] = []
+        if app is not None:
+            counts = {name: progress.expected for name, progress in self._nodes.items()}
             dropped: set[str] = set()
             for name in app.topological_order:  # upstream first, so a drop reaches every reader
                 node = app.node(name)
                 if node.model in self._given_up or dropped.intersection(node.depends_on):
                     dropped.add(name)
-            nodes = [n for n in nodes if n.name not in dropped]
+            nodes = [shrunk for n in app.nodes if n.name not in dropped
+                     and (shrunk := shrink_node(app, n, counts)) is not None]
         for name, extra in self._extras.items():
             if extra.pending and extra.model not in self._given_up:
                 nodes.append(LLMNode(name=name, model=extra.model, input_tokens=list(extra.pending.values()),
                                      max_tokens=extra.max_tokens))
         if not nodes:
             return None
-        return AppGraph(name=app.name if app else "pool", nodes=nodes)
+        return AppGraph(name=app.name if app else "pool", nodes=nodes, num_inputs=app.num_inputs if app else None)
 
     def node_progress(self, planned: set[str]) -> tuple[dict[str, list[int]], dict[str, dict[int, int]]]:
         """For the planner's ``RunState``: per planned app node, the finished request indices and their output

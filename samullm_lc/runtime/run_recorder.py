@@ -40,6 +40,10 @@ class RunRecorder:
         """More requests are expected of ``model`` (its app nodes, or one beyond the app graph)."""
         self.counters(model).requests_expected += requests
 
+    def expect_fewer(self, model: str, requests: int) -> None:
+        """Fewer requests are expected of ``model``: the client said the rest will not come."""
+        self.counters(model).requests_expected -= requests
+
     def submitted(self, model: str, *, from_journal: bool = False) -> None:
         """A request was taken in (answered from the journal at once with ``from_journal``)."""
         counters = self.counters(model)

@@ -50,7 +50,7 @@ def chat(model: str = MODEL, **kwargs) -> ChatOpenAI:
 @pytest.fixture(scope="module")
 def run():
     """One block for the module's in-process tests (tiny-llama-s on this machine's cores)."""
-    with samullm.offline(models=[MODEL], progress=False) as session:
+    with samullm.offline(models=[MODEL], progress=False, trace=False) as session:  # many chains: none traced
         yield session
 
 
@@ -373,10 +373,11 @@ _INTERRUPTED = textwrap.dedent("""
         run = samullm.offline(models=["tiny-llama-s"], progress=False)
         try:
             with run:
-                def announce():  # once every engine is up and the batch is in the pool
-                    while run.pool is not None:
-                        record = run.pool.report().models
-                        pids = run.pool.backend.pids()
+                def announce():  # once every engine is up and the batch is in the pool (started after its trace)
+                    while True:
+                        pool = run.pool
+                        record = pool.report().models if pool is not None else []
+                        pids = pool.backend.pids() if pool is not None else {}
                         if record and record[0].requests_submitted > 0 and len(pids) == 2:
                             print("SAMULLM-TEST RUNNING", json.dumps(sorted(pids.values())), flush=True)
                             return

@@ -106,10 +106,10 @@ def test_entering_a_block_fifty_times_leaks_no_hook_thread_process_or_file():
     with samullm.offline(**SIM):  # the first block installs the hooks
         pass
     hooks, before = _hooks(), _resources()
-    for _ in range(50):
-        with samullm.offline(**SIM) as run:
-            assert active_session() is run and run.pool is not None
-            assert any(t.name == "samullm-pool-driver" for t in threading.enumerate())
+    for k in range(50):
+        with samullm.offline(**SIM, trace=k % 2 == 1) as run:  # a traced block starts its pool at its first batch
+            assert active_session() is run and (run.pool is not None) == (k % 2 == 0)
+            assert any(t.name == "samullm-pool-driver" for t in threading.enumerate()) == (k % 2 == 0)
     after = _resources()
     changed = [name for name, fn in _hooks().items() if fn is not hooks[name]]
     assert not changed, f"hooks installed again: {changed}"

@@ -42,7 +42,7 @@ class FakePool:
         self._lock = threading.Lock()
         self.peak_in_flight = 0
 
-    def submit(self, model: str, *, openai: dict[str, Any]) -> Future:
+    def submit(self, model: str, *, openai: dict[str, Any], node: str | None = None) -> Future:
         future: Future = Future()
         with self._lock:
             self.calls.append(openai)
@@ -86,7 +86,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Any:
     sessions: list[OfflineSession] = []
 
     def make(models: tuple[str, ...] = ("m",), hold: int = 0, **options: Any) -> OfflineSession:
-        session = samullm.offline(models=list(models), backend="sim", devices="8xA100-80GB", **options)
+        session = samullm.offline(models=list(models), backend="sim", devices="8xA100-80GB", trace=False, **options)
         monkeypatch.setattr(session, "_serve_models", lambda names: session.pool)
         session.pool = FakePool(list(models), hold)  # type: ignore[assignment]
         session.__enter__()
@@ -120,7 +120,7 @@ def test_a_completion_client_batch_runs_each_input_on_its_own(served: Any) -> No
     assert sum(1 for c in session.pool.calls if c["route"] == "completions") == 3
     answer = session.pool.submit
 
-    def refuse_b(model: str, *, openai: dict[str, Any]) -> Future:
+    def refuse_b(model: str, *, openai: dict[str, Any], node: str | None = None) -> Future:
         if openai["body"]["prompt"] != ["b"]:
             return answer(model, openai=openai)
         future: Future = Future()
@@ -207,7 +207,7 @@ def test_tools_without_a_tool_parser_fail_clearly(served: Any) -> None:
 def test_a_failed_request_fails_its_call_with_the_engines_reason(served: Any) -> None:
     session = served()
 
-    def refuse(model: str, *, openai: dict[str, Any]) -> Future:
+    def refuse(model: str, *, openai: dict[str, Any], node: str | None = None) -> Future:
         future: Future = Future()
         future.set_exception(RequestError("request 1 failed: VLLMValidationError: prompt too long"))
         return future
@@ -220,7 +220,7 @@ def test_a_failed_request_fails_its_call_with_the_engines_reason(served: Any) ->
 def test_call_sites_name_the_model_and_the_step(served: Any) -> None:
     session = served()
     (ChatPromptTemplate.from_template("{q}") | chat() | StrOutputParser()).batch([{"q": "a"}, {"q": "b"}])
-    assert session.report().call_sites == {"m seq:step:2": 2}
+    assert session.report().call_sites == {"m @ seq:step:2": 2}
 
 
 def test_blocks_nest_and_leave_nothing_behind(served: Any) -> None:

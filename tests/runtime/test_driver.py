@@ -7,7 +7,8 @@ import pytest
 from samullm_lc.errors import RequestError
 from samullm_lc.planner import Cluster
 from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
-from samullm_lc.runtime.driver import Driver, DriverSettings
+from samullm_lc.runtime.driver import Driver
+from samullm_lc.runtime.driver_settings import DriverSettings
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request, SamplingSpec
 
 MODEL = "Llama-2-7b-hf"
