@@ -127,6 +127,7 @@ class OfflineSession:
             raise ConfigError("offline(plan=...) needs the app graph the plan was made for: pass "
                               "offline(graph=..., plan=...) (samullm.trace's graph, scaled as for samullm.plan)")
         self.trace_sample = trace if self.graph is None and self.plan is None else 0
+        self._given = (self.graph, self.trace_sample)  # what a re-entered block starts from again
         self.trace_seconds: float | None = None
         self._stand_in: Any = None  # a StandIn while the block traces
         self._recorder: Any = None
@@ -161,6 +162,8 @@ class OfflineSession:
         intercept.install()
         sites.register()
         self._closed = False
+        self.graph, self.trace_sample = self._given  # entered again, a block traces its next batch afresh
+        self._node_of_site, self._progress = _nodes_by_site(self.graph), None
         if engines and self._journal_path is not None:  # checked and held from now on, for the pool to come
             self._pool_options["journal"] = Journal(self._journal_path)
         try:

@@ -189,3 +189,14 @@ def test_trace_plan_save_load_and_offline_starts_the_given_plan(tmp_path) -> Non
         samullm.offline(models=models, plan=plan)
     with pytest.raises(ConfigError, match="takes an AppGraph"):
         samullm.plan("app.json", "2xA100-80GB")
+
+
+def test_a_block_entered_again_traces_its_next_batch_afresh() -> None:
+    models = {"tiny-llama-s": "Llama-2-7b-hf", "tiny-llama-m": "Llama-2-13b-hf"}
+    chain = PIPELINES["ensemble"].build(URLS)
+    block = samullm.offline(models=models, backend="sim", devices="2xA100-80GB", trace=2, progress=False)
+    for n in (6, 9):
+        with block:
+            assert block.wants_trace() and block.pool is None
+            chain.batch(make_inputs(n), return_exceptions=True)
+        assert block.graph.num_inputs == n  # still readable after the block, and traced again on entry
