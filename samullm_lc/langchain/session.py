@@ -257,7 +257,8 @@ class OfflineSession:
         if self._stand_in is not None:
             return self._answer_traced(route, name, body)
         model = self.pool_model(name)
-        site = sites.current_site(name)
+        place = sites.current_call()
+        site = sites.site_key(name, place.steps if place is not None else "")
         self._count(site)
         pool = self.pool
         if pool is None:
@@ -265,7 +266,7 @@ class OfflineSession:
         call = {"route": route, "body": body, "tool_parser": self.tool_parser}
         node = self._node_of_site.get(site)
         future = pool.submit(model, openai=call, node=node)
-        progress, place = self._progress, sites.current_call()
+        progress = self._progress
         if progress is not None and node is not None and place is not None:
             progress.call(place.input, node)
         return future

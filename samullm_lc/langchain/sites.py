@@ -133,13 +133,6 @@ def current_call() -> CallSite | None:
     return _site.get()
 
 
-def current_site(model: str) -> str:
-    """The site key of the call being sent from this context: the model the client names, and the steps of the
-    run that is calling (none for a call made outside LangChain's runs)."""
-    call = _site.get()
-    return site_key(model, call.steps if call is not None else "")
-
-
 def site_key(model: str, steps: str) -> str:
     """``"MODEL"`` or ``"MODEL @ STEPS"``: a call site as app graphs and reports name it."""
     return f"{model} @ {steps}" if steps else model

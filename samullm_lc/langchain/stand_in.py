@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from samullm_lc.costmodel.lengths import OutputLengthDistribution
+from samullm_lc.runtime.requests import normalise_messages
 
 MARKER_PATTERN = re.compile(r"\[samullm stand-in (\d{6})\]")
 FILLER = " ~"
@@ -69,8 +70,7 @@ class TokenCounter:
             prompt = body.get("prompt", "")
             text = prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
             return text, self.count_text(text) + (1 if self.tokenizer is not None else 0)
-        messages = [{"role": m.get("role", "user"), "content": _content_text(m.get("content"))}
-                    for m in body.get("messages", [])]
+        messages = normalise_messages(body.get("messages"))  # as the pool reads them; a bad message is refused
         text = "\n".join(m["content"] for m in messages)
         if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
             try:
@@ -146,15 +146,6 @@ def _response(route: str, body: dict[str, Any], texts: list[str], finish: list[s
         events.append({"id": ident, "object": kind, "created": created, "model": model, "choices": [],
                        "usage": usage})
     return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-
-
-def _content_text(content: Any) -> str:
-    """A chat message's text: a string, or its text parts joined with newlines (as vLLM's server joins them)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
 
 
 def _load_tokenizer(model: str) -> Any:

@@ -89,7 +89,8 @@ def graph_of_calls(calls: Sequence[TracedCall], *, name: str, num_inputs: int | 
                           "chat models or LLMs calling an OpenAI-compatible server, and that the inputs reach them")
     inputs = _input_indices(calls)
     count = num_inputs if num_inputs is not None else max(inputs.values()) + 1
-    sites_in_order = list(dict.fromkeys(c.site for c in sorted(calls, key=lambda c: c.order)))
+    # nodes in the order the first inputs reach them (input by input, so threads racing do not reorder them)
+    sites_in_order = list(dict.fromkeys(c.site for c in sorted(calls, key=lambda c: (inputs[c.input], c.order))))
     names = _node_names(sites_in_order, {c.site: c.client_model for c in calls})
     rank: dict[int, int] = {}  # a call's position among its input's calls at its site (a chain's or loop's round)
     seen: dict[tuple[str, int], int] = defaultdict(int)

@@ -122,6 +122,8 @@ class RequestBook:
         self._remaining: Counter[str] = Counter()  # per model: requests expected and not finished yet
         self._outstanding: Counter[str] = Counter()  # per model: requests taken in and not resolved
         self._given_up: dict[str, str] = {}  # model -> why its requests fail
+        self._model_of = {node.name: node.model for node in app.nodes} if app is not None else {}
+        self._graph_count = {node.name: node.num_requests for node in app.nodes} if app is not None else {}
         for node in app.nodes if app is not None else []:
             self._nodes[node.name] = NodeProgress(expected=node.num_requests)
             self._remaining[node.model] += node.num_requests
@@ -268,8 +270,7 @@ class RequestBook:
         dropped: Counter[str] = Counter()
         for name, progress in self._nodes.items():
             if progress.assigned < progress.expected:
-                model = self.app.node(name).model  # type: ignore[union-attr]  # nodes come only from an app
-                dropped[model] += progress.expected - progress.assigned
+                dropped[self._model_of[name]] += progress.expected - progress.assigned
                 progress.expected = progress.assigned
         self._remaining.subtract(dropped)
         return dropped
@@ -285,11 +286,10 @@ class RequestBook:
             progress = self._nodes.get(name)
             if progress is None:
                 continue
-            limit = self.app.node(name).num_requests  # type: ignore[union-attr]  # nodes come only from an app
-            expected = min(max(int(count), progress.assigned), limit)
+            expected = min(max(int(count), progress.assigned), self._graph_count[name])
             if expected == progress.expected:
                 continue
-            fewer[self.app.node(name).model] += progress.expected - expected  # type: ignore[union-attr]
+            fewer[self._model_of[name]] += progress.expected - expected
             progress.expected = expected
             if len(progress.finished) >= expected:
                 completed.append(name)
@@ -299,8 +299,7 @@ class RequestBook:
     def assigned_counts(self, models: Iterable[str]) -> dict[str, int]:
         """Per app node of ``models``, the requests it was given so far."""
         wanted = set(models)
-        return {name: progress.assigned for name, progress in self._nodes.items()
-                if self.app is not None and self.app.node(name).model in wanted}
+        return {name: progress.assigned for name, progress in self._nodes.items() if self._model_of[name] in wanted}
 
     def take_all(self) -> list[RequestRecord]:
         """Empty every queue and return every outstanding record (to fail them all)."""
