@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
-from samullm_lc.errors import ConfigError, SamullmError
+from samullm_lc.errors import ConfigError, DoesNotFitError, SamullmError
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.planners import DEFAULT_PLANNER, EXHAUSTIVE_MAX_GPUS, EXHAUSTIVE_MAX_MODELS, ExhaustivePlanner
 
@@ -77,19 +77,25 @@ def _compare(
         reason = _too_big_for_exhaustive(app, cluster) if name == EXHAUSTIVE and name != chosen else None
         if reason:
             skipped[name] = reason
-        else:
+            continue
+        try:
             plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples, curve_batches=curve_batches)
+        except DoesNotFitError as error:  # per-model-pools: every model's engines at once may need more GPUs
+            if name == chosen:
+                raise
+            skipped[name] = str(error)
     return plans, skipped
 
 
 def plan(
     app_path: Annotated[Path, typer.Argument(metavar="APP.json", help="Application graph (AppGraph JSON).")],
-    cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE, e.g. 8xA100-80GB (see `samullm hardware`).")],
+    cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE or NODESxPER_NODExHARDWARE, e.g. 8xA100-80GB or "
+                                              "2x8xA100-80GB (see `samullm hardware`).")],
     topology: Annotated[
         str | None, typer.Option(help="nvswitch, nvlink-pairs or pcie (default: nvswitch if the GPU has NVLink).")
     ] = None,
     planner: Annotated[
-        str, typer.Option(help="greedy, search, exhaustive, sequential, all-at-once or muxserve-like.")
+        str, typer.Option(help="greedy, search, exhaustive, sequential, all-at-once, muxserve-like or per-model-pools.")
     ] = DEFAULT_PLANNER,
     samples: Annotated[int, typer.Option(min=1, help=(
         f"Output-length samples to plan on (reports the spread; at most {PLAN_SAMPLES.maximum})."))] = 1,
@@ -106,7 +112,8 @@ def plan(
             "Run every planner and print their estimates side by side; with --json one object "
             f"planner -> estimated seconds, plus '{LOWER_BOUND_KEY}' (a lower bound on the makespan) and "
             f"'skipped' (planner -> reason): {EXHAUSTIVE} is skipped above {COMPARE_EXHAUSTIVE_MAX_MODELS} models or "
-            f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner."
+            f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner, per-model-pools where the models' engines "
+            "do not fit the cluster at once."
         )),
     ] = False,
     gantt: Annotated[Path | None, typer.Option(

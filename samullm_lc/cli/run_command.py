@@ -31,8 +31,10 @@ DEMO_CLUSTER = "2xcpu"
 
 def run(
     app_path: Annotated[Path, typer.Argument(metavar="APP.json", help="Application graph (AppGraph JSON).")],
-    cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE: e.g. 2xcpu here (one engine slot per core), 8xA100-80GB.")],
-    backend: Annotated[str, typer.Option(help="vllm (real engines) or sim (the cost model on a virtual clock).")] = "vllm",
+    cluster: Annotated[str, typer.Option(help="COUNTxHARDWARE or NODESxPER_NODExHARDWARE: e.g. 2xcpu here (one "
+                                              "engine slot per core), 8xA100-80GB, 2x8xA100-80GB.")],
+    backend: Annotated[str, typer.Option(help="vllm (real engines), ray (real engines as actors on the Ray cluster "
+                                              "ray.init finds) or sim (the cost model on a virtual clock).")] = "vllm",
     planner: Annotated[str, typer.Option(help="The planner (see `samullm plan --help`).")] = DEFAULT_PLANNER,
     journal: Annotated[Path | None, typer.Option(help="SQLite journal: an interrupted run resumes from it.")] = None,
     report: Annotated[Path | None, typer.Option(help="Write the run report (JSON, mode 0600).")] = None,

@@ -31,6 +31,7 @@ from samullm_lc.langchain.session_options import asks_for_tool_calls, check_tool
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import Plan
 from samullm_lc.planner.planners import DEFAULT_PLANNER
+from samullm_lc.runtime.backends.ray_nodes import RAY_SCHEME
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.pool import EnginePool, check_backend, check_models
 from samullm_lc.runtime.report import RunReport
@@ -69,8 +70,11 @@ class OfflineSession:
 
     ``models`` maps the model names the clients use to weights (a Hugging Face id in the local cache, a model
     folder, or a tiny model's name); a list means each name is its own weights; None serves every client by
-    its own model name. ``devices`` is a cluster such as ``"8xA100-80GB"`` (default: the GPUs CUDA shows,
-    else one CPU engine slot per core). ``journal`` makes a rerun of an interrupted batch recompute only what
+    its own model name. ``devices`` is a cluster such as ``"8xA100-80GB"`` or ``"2x8xA100-80GB"`` (default: the
+    GPUs CUDA shows, else one CPU engine slot per core), or a Ray cluster's address, ``"ray://auto"`` or
+    ``"ray://HOST:PORT"``: the engines then run as actors on its nodes (``backend="ray"``; ``ray_backend.py``).
+    ``backend="ray"`` with a cluster string runs that cluster's shape on the Ray cluster this process is
+    connected to. ``journal`` makes a rerun of an interrupted batch recompute only what
     had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting). ``tool_parser``
     serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would. ``profiles``
     gives measured engine profiles by model (otherwise each CPU model is profiled once and cached).
@@ -111,6 +115,8 @@ class OfflineSession:
             raise ConfigError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         self.max_concurrency = max_concurrency
         self.cluster = cluster_of(devices)
+        if isinstance(devices, str) and devices.startswith(RAY_SCHEME):
+            backend = "ray"  # engines on that Ray cluster (``cluster_of`` connected to it)
         self.backend = check_backend(backend)
         self._journal_path = journal
         self._pool_options = {"journal": None, "backend": backend, "planner": planner, "progress": progress,
@@ -368,7 +374,7 @@ class OfflineSession:
 
     def _measured_profiles(self, models: list[str]) -> dict[str, Any]:
         """On the CPU engine the planner needs each model's measured speed: measured once, then cached."""
-        if self.cluster.spec.kind != "cpu" or self.backend != "vllm":
+        if self.cluster.spec.kind != "cpu" or self.backend == "sim":
             return {}
         from samullm_lc.profiling.pool_profiles import pool_profiles
 

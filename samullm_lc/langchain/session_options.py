@@ -8,6 +8,7 @@ from typing import Any
 
 from samullm_lc.errors import ConfigError
 from samullm_lc.planner.cluster import Cluster
+from samullm_lc.runtime.backends.ray_nodes import RAY_SCHEME
 
 
 def model_names(models: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
@@ -35,7 +36,12 @@ def cluster_of(devices: str | Cluster | None) -> Cluster:
     if devices is None:
         return Cluster.parse(detect_devices())
     if not isinstance(devices, str):
-        raise ConfigError(f"devices must be a cluster such as '8xA100-80GB' or a Cluster, got {type(devices).__name__}")
+        raise ConfigError(f"devices must be a cluster such as '8xA100-80GB', a Ray address such as 'ray://auto', "
+                          f"or a Cluster; got {type(devices).__name__}")
+    if devices.startswith(RAY_SCHEME):
+        from samullm_lc.runtime.backends.ray_nodes import describe
+
+        return describe(devices)
     return Cluster.parse(devices)
 
 

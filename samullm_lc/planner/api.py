@@ -21,6 +21,7 @@ from samullm_lc.planner.bounds import standalone_lower_bound
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.curves import BATCHES_SIMULATED
+from samullm_lc.planner.node_split import node_share, on_every_node, one_node
 from samullm_lc.planner.options import ModelOptions, option_for
 from samullm_lc.planner.placement import Assignment
 from samullm_lc.planner.plan import DeviceMemory, ExecutionPlan, Plan, Stage, StageEntry
@@ -52,6 +53,7 @@ def plan_app(
     profiles: dict[str, EngineProfile] | None = None,
     curve_batches: int = BATCHES_SIMULATED,
     scale_model: ScaleModelRule | None = DEFAULT_SCALE_MODEL,
+    by_node: bool = False,
 ) -> Plan:
     """Plan ``app`` on ``cluster``; ``estimated_seconds`` is the faithful replay on the sampled lengths.
 
@@ -61,9 +63,18 @@ def plan_app(
     both put two engines on one GPU. ``curve_batches`` is
     how many batches each candidate simulation keeps: more make the search's curves more accurate under
     KV pressure and the planning slower. An app larger than ``scale_model`` allows is planned and estimated
-    on a scale model (``scale_model.py``); None replays every request however many there are.
+    on a scale model (``scale_model.py``); None replays every request however many there are. With ``by_node``
+    the search and greedy plan a large app on several equal nodes for one node, run on each (``node_split.py``:
+    planning takes one node's time; the estimate is the node's, and can be optimistic).
     """
     started = time.perf_counter()
+    share = node_share(app, cluster, seed=seed) if by_node and get_planner(planner).plans_by_node else None
+    options = {"seed": seed, "num_samples": num_samples, "allow_gpu_sharing": allow_gpu_sharing,
+               "allow_replicas": allow_replicas, "profiles": profiles, "curve_batches": curve_batches,
+               "scale_model": scale_model}
+    if share is not None:
+        split = on_every_node(plan_app(share, one_node(cluster), planner, **options), app, share, cluster)
+        return split.model_copy(update={"planning_seconds": time.perf_counter() - started})
     settings = _settings(allow_gpu_sharing, allow_replicas, curve_batches)
     model_options = build_app_options(app, cluster, profiles=profiles)
     sample = subsample(app, choose_scale(app, model_options, scale_model), seed=seed)

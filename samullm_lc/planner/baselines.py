@@ -6,12 +6,20 @@
   engines are never changed; freed GPUs go to the models still waiting, split the same way;
 - muxserve-like (after MuxServe's placement): models packed onto GPUs largest first, each on its smallest
   plan (half a GPU for small models when sharing is allowed), spare GPUs to the model with the most work
-  per GPU; engines are never changed; freed GPUs are packed the same way.
+  per GPU; engines are never changed; freed GPUs are packed the same way;
+- per-model-pools (as Ray Data LLM runs a pipeline: one fixed vLLM actor pool per model): at the start every
+  model of the app gets its own slice of the GPUs, in proportion to its work (each at least its smallest
+  whole-GPU engine; small models on half a GPU when whole GPUs are too few), filled with data-parallel replicas
+  of one tensor-parallel degree (the fastest on the slice); engines are never changed, a downstream model's pool
+  waits for its inputs, and a finished model's GPUs stay idle.
 """
 
 from __future__ import annotations
 
-from samullm_lc.errors import SamullmError
+import math
+from collections.abc import Callable
+
+from samullm_lc.errors import DoesNotFitError, SamullmError
 from samullm_lc.planner.candidates import runnable_models
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.options import EngineOption
@@ -35,7 +43,8 @@ class SequentialPolicy:
                      if unfinished[n] and stage_nodes(self.ctx, unfinished, {self.ctx.node_model[n]}))
         model = self.ctx.node_model[first]
         curves = self.ctx.curves[model]
-        fastest = curves.best(float(self.ctx.cluster.num_gpus)) or curves.best_up_to(self.ctx.cluster.num_gpus)[-1]
+        gpus = self.ctx.cluster.usable_gpus
+        fastest = curves.best(float(gpus)) or curves.best_up_to(gpus)[-1]
         group = place([(model, fastest.option)], self.ctx.cluster, {})
         if group is None:
             raise SamullmError(f"sequential: {model} on {fastest.option.label()} does not fit {self.ctx.cluster}")
@@ -52,6 +61,17 @@ def _with_work(ctx: PlanningContext, state: StageState, wanted: list[tuple[str, 
             return wanted
         wanted = [(m, o) for m, o in wanted if m in busy]
     return wanted
+
+
+WorkMeasure = Callable[[PlanningContext, StageState, str], float]
+"""A model's remaining work, as the baselines split GPUs by it: (context, state, model) -> GPU-seconds."""
+
+
+def gpu_seconds_left(ctx: PlanningContext, state: StageState, model: str) -> float:
+    """GPU-seconds of the model's remaining work on its smallest whole-GPU option: the baselines' measure of work."""
+    option = ctx.curves[model].smallest(whole=True).option
+    tokens = float(sum(state.remaining[n] for n in ctx.model_nodes(model)))
+    return option.num_gpus * ctx.curves[model].curve(option).remaining_seconds(tokens)
 
 
 class _StaticPolicy:
@@ -77,7 +97,7 @@ class _StaticPolicy:
         """``kept`` plus as many of ``waiting`` (dropped from the back) as fit and have work."""
         used = sum(o.num_gpus for _, o in kept)
         while True:
-            added = self._allocate(state, waiting, self.ctx.cluster.num_gpus - used)
+            added = self._allocate(state, waiting, self.ctx.cluster.usable_gpus - used)
             wanted = _with_work(self.ctx, state, kept + added)
             group = place(wanted, self.ctx.cluster, state.engines) if wanted else None
             if group is not None or not waiting:
@@ -90,9 +110,7 @@ class _StaticPolicy:
 
     def _work(self, state: StageState, model: str) -> float:
         """GPU-seconds of the model's remaining work on its smallest whole-GPU option."""
-        option = self._smallest(state, model, time_sliced=False)
-        tokens = float(sum(state.remaining[n] for n in self.ctx.model_nodes(model)))
-        return option.num_gpus * self.ctx.curves[model].curve(option).remaining_seconds(tokens)
+        return gpu_seconds_left(self.ctx, state, model)
 
     def _allocate(self, state: StageState, waiting: list[str], free: float) -> list[tuple[str, EngineOption]]:
         raise NotImplementedError
@@ -151,6 +169,115 @@ class MuxServeLikePolicy(_StaticPolicy):
         work = {m: self._work(state, m) for m in picked}
         self._grow(picked, free - used, work)
         return list(picked.items())
+
+
+class PerModelPoolsPolicy:
+    """One fixed pool of engines per model for the whole run, as Ray Data LLM runs a pipeline of models.
+
+    The pools are sized and placed once, at the first stage, over every model with work left: each model's slice
+    of the GPUs is its share of the GPU-seconds of work (``work``: ``gpu_seconds_left`` unless told), at least its
+    smallest whole-GPU engine; a slice raised to that engine takes its GPUs from the largest slice. When the
+    smallest engines do not fit together, the models that may run on half a GPU do (least work first), as a Ray
+    user would give them fractional GPUs. Each slice is filled with data-parallel replicas of one tensor-parallel
+    degree: the one that finishes the model's work soonest on the slice (the most efficient when the slice divides
+    evenly); GPUs a degree leaves over go, one replica at a time, to the model with the most work per GPU. Every
+    stage runs the same engines; a finished model's engines stop and its GPUs stay idle.
+    """
+
+    def __init__(self, ctx: PlanningContext, *, work: WorkMeasure | None = None) -> None:
+        self.ctx = ctx
+        self.work = work or gpu_seconds_left  # what the slices are in proportion to
+        self.pools: Group | None = None  # placed at the first stage, then never changed
+
+    def next_group(self, state: StageState) -> Group:
+        """The pools of the models that still have work."""
+        if self.pools is None:
+            self.pools = self._place(state, self.pool_options(state))
+        busy = {self.ctx.node_model[n] for n in range(self.ctx.num_nodes) if state.remaining[n] > 0.0}
+        return tuple(a for a in self.pools if a.model in busy)
+
+    def pool_options(self, state: StageState) -> dict[str, EngineOption]:
+        """Each model's engines (option) for the whole run; DoesNotFitError if the models cannot all run at once."""
+        ctx = self.ctx
+        models = [m for m in ctx.models if any(state.remaining[n] > 0.0 for n in ctx.model_nodes(m))]
+        work = {m: self.work(ctx, state, m) for m in models}
+        shared = self._halves(models, work)
+        whole = [m for m in models if m not in shared]
+        free = ctx.cluster.usable_gpus - math.ceil(len(shared) / 2)
+        slices = self._slices(whole, work, free)
+        picked = {m: self._fill(m, slices[m]) for m in whole}
+        self._grow(picked, free - sum(o.num_gpus for o in picked.values()), work)
+        picked.update({m: EngineOption(1, 1, time_sliced=True) for m in shared})
+        return picked
+
+    def _least(self, model: str) -> int:
+        """GPUs of the model's smallest whole-GPU engine."""
+        return int(self.ctx.curves[model].smallest(whole=True).option.num_gpus)
+
+    def _halves(self, models: list[str], work: dict[str, float]) -> list[str]:
+        """The models put on half a GPU so that every model's smallest engine fits at once (none if they fit on
+        whole GPUs); DoesNotFitError naming the GPUs needed if they cannot fit even so."""
+        least = {m: self._least(m) for m in models}
+        can_share = sorted((m for m in models if EngineOption(1, 1, time_sliced=True) in self.ctx.options(m)),
+                           key=lambda m: (work[m], m))
+        shared: list[str] = []
+
+        def need() -> int:
+            return sum(least[m] for m in models if m not in shared) + math.ceil(len(shared) / 2)
+
+        while need() > self.ctx.cluster.usable_gpus:
+            if len(shared) == len(can_share):
+                engines = ", ".join(f"{m} {least[m]}" for m in models if m not in shared)
+                halves = f"; small models on half a GPU: {', '.join(shared)}" if shared else ""
+                raise DoesNotFitError(
+                    f"per-model-pools: the {len(models)} models of {self.ctx.app.name!r} need at least {need()} GPUs "
+                    f"at once (GPUs of each one's smallest engine: {engines}{halves}), and {self.ctx.cluster} has "
+                    f"{self.ctx.cluster.usable_gpus}; plan on at least {need()} GPUs or with another planner")
+            shared.append(can_share[len(shared)])
+        return shared
+
+    def _slices(self, models: list[str], work: dict[str, float], free: int) -> dict[str, int]:
+        """Whole GPUs per model, in proportion to work (largest remainders), each at least its smallest engine."""
+        total = sum(work.values()) or 1.0
+        target = {m: free * work[m] / total for m in models}
+        least = {m: self._least(m) for m in models}
+        slices = {m: max(least[m], math.floor(target[m])) for m in models}
+        while sum(slices.values()) > free:  # a slice raised to its smallest engine takes from the largest one
+            slices[max((m for m in models if slices[m] > least[m]), key=lambda m: (slices[m], m))] -= 1
+        while models and sum(slices.values()) < free:
+            slices[max(models, key=lambda m: (target[m] - slices[m], m))] += 1
+        return slices
+
+    def _fill(self, model: str, gpus: int) -> EngineOption:
+        """Replicas of one tensor-parallel degree on at most ``gpus`` GPUs: the option that finishes soonest."""
+        curves = self.ctx.curves[model]
+        most: dict[int, EngineOption] = {}
+        for option in self.ctx.options(model):
+            if option.time_sliced or option.memory < 1.0 or option.num_gpus > gpus:
+                continue
+            if option.tp not in most or option.replicas > most[option.tp].replicas:
+                most[option.tp] = option
+        return min(most.values(), key=lambda o: (curves.curve(o).standalone_seconds, o.num_gpus))
+
+    def _grow(self, picked: dict[str, EngineOption], spare: float, work: dict[str, float]) -> None:
+        """Hand GPUs a slice's degree left over, one replica at a time, to the model with the most work per GPU."""
+        while True:
+            grown = [(work[m] / o.num_gpus, m, EngineOption(o.tp, o.replicas + 1)) for m, o in picked.items()
+                     if o.tp <= spare and EngineOption(o.tp, o.replicas + 1) in self.ctx.options(m)]
+            if not grown:
+                return
+            _, model, option = max(grown)
+            spare -= option.tp
+            picked[model] = option
+
+    def _place(self, state: StageState, picked: dict[str, EngineOption]) -> Group:
+        """GPUs for every pool (engines already up on the same option keep theirs)."""
+        group = place(sorted(picked.items()), self.ctx.cluster, state.engines)
+        if group is None:
+            pools = ", ".join(f"{m} {o.label()}" for m, o in picked.items())
+            raise DoesNotFitError(f"per-model-pools: the pools {pools} do not fit the aligned GPU blocks of "
+                                  f"{self.ctx.cluster}; use another planner")
+        return group
 
 
 BASELINE_POLICIES: dict[str, type[SequentialPolicy | _StaticPolicy]] = {

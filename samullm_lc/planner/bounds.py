@@ -20,7 +20,7 @@ from samullm_lc.planner.stages import StageState
 
 def remaining_lower_bound(ctx: PlanningContext, state: StageState) -> float:
     """Seconds the stage model needs at least to finish from ``state``."""
-    gpus = ctx.cluster.num_gpus
+    gpus = ctx.cluster.usable_gpus
     longest, area = 0.0, 0.0
     for model, work in zip(ctx.models, ctx.model_work(state.remaining).tolist(), strict=True):
         if work <= 0.0:
@@ -46,7 +46,7 @@ def _curves(ctx: PlanningContext, model: str, running_option) -> list[EngineCurv
 
 def standalone_lower_bound(ctx: PlanningContext) -> float:
     """max(longest model alone on its fastest option, total GPU-seconds / GPUs), loads included."""
-    gpus = ctx.cluster.num_gpus
+    gpus = ctx.cluster.usable_gpus
     longest, area = 0.0, 0.0
     for model in ctx.models:
         curves = ctx.curves[model].best_up_to(gpus)

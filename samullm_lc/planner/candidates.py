@@ -30,7 +30,7 @@ def runnable_models(ctx: PlanningContext, state: StageState) -> list[str]:
 
 def model_options(ctx: PlanningContext, state: StageState, model: str) -> list[EngineOption]:
     """The fastest option per GPU count, plus the running engine's option."""
-    options = [c.option for c in ctx.curves[model].best_up_to(ctx.cluster.num_gpus)]
+    options = [c.option for c in ctx.curves[model].best_up_to(ctx.cluster.usable_gpus)]
     running = state.engines.get(model)
     if running is not None and running.option not in options:
         options.append(running.option)
@@ -40,7 +40,7 @@ def model_options(ctx: PlanningContext, state: StageState, model: str) -> list[E
 def urgency(ctx: PlanningContext, state: StageState) -> dict[str, float]:
     """Per model: seconds of the longest remaining chain through its nodes (each on its most efficient option),
     plus its load time if it is not running."""
-    efficient = {m: ctx.curves[m].efficient(ctx.cluster.num_gpus) for m in ctx.models}
+    efficient = {m: ctx.curves[m].efficient(ctx.cluster.usable_gpus) for m in ctx.models}
     node_time = np.zeros(ctx.num_nodes)
     for n in reversed(range(ctx.num_nodes)):
         if state.remaining[n] <= 0.0:
@@ -59,7 +59,7 @@ def valid_group(ctx: PlanningContext, state: StageState, group: Group, runnable:
     if {ctx.node_model[n] for n in nodes} != models:
         return False
     used = sum(a.option.num_gpus for a in group)
-    free = ctx.cluster.num_gpus - used
+    free = ctx.cluster.usable_gpus - used
     if free < 0.5:
         return True
     for model in runnable:
@@ -81,7 +81,7 @@ def all_groups(ctx: PlanningContext, state: StageState) -> list[Group]:
     """Every valid group: each runnable model left out or given one of its options."""
     runnable = runnable_models(ctx, state)
     choices = [(m, model_options(ctx, state, m)) for m in runnable]
-    capacity = float(ctx.cluster.num_gpus)
+    capacity = float(ctx.cluster.usable_gpus)
     groups: dict[Group, None] = {}
 
     def extend(index: int, picked: list[tuple[str, EngineOption]], used: float) -> None:
@@ -158,10 +158,10 @@ def _balanced(ctx: PlanningContext, state: StageState, models: list[str], *, kee
         if keep and running is not None:
             level[model] = ctx.curves[model].curve(running.option)
         elif thrifty:
-            level[model] = ctx.curves[model].efficient(ctx.cluster.num_gpus)
+            level[model] = ctx.curves[model].efficient(ctx.cluster.usable_gpus)
         else:
             level[model] = ctx.curves[model].smallest()
-    if sum(c.option.num_gpus for c in level.values()) > ctx.cluster.num_gpus:
+    if sum(c.option.num_gpus for c in level.values()) > ctx.cluster.usable_gpus:
         return None
     _spread(ctx, state, level, fixed={m for m in models if keep and m in state.engines})
     return [(m, c.option) for m, c in level.items()]
@@ -174,18 +174,18 @@ def _fill(ctx: PlanningContext, state: StageState, kept: list[tuple[str, EngineO
     used = sum(o.num_gpus for _, o in kept)
     level: dict[str, EngineCurve] = {}
     for model in waiting:
-        start = ctx.curves[model].efficient(ctx.cluster.num_gpus - used)
-        if used + start.option.num_gpus <= ctx.cluster.num_gpus:
+        start = ctx.curves[model].efficient(ctx.cluster.usable_gpus - used)
+        if used + start.option.num_gpus <= ctx.cluster.usable_gpus:
             level[model] = start
             used += start.option.num_gpus
-    _spread(ctx, state, level, fixed=set(), budget=ctx.cluster.num_gpus - sum(o.num_gpus for _, o in kept))
+    _spread(ctx, state, level, fixed=set(), budget=ctx.cluster.usable_gpus - sum(o.num_gpus for _, o in kept))
     return [*kept, *((m, c.option) for m, c in level.items())] if level or kept else None
 
 
 def _spread(ctx: PlanningContext, state: StageState, level: dict[str, EngineCurve], fixed: set[str],
             budget: float | None = None) -> None:
     """Give spare GPUs, one step up an option ladder at a time, to the model expected to finish last."""
-    budget = float(ctx.cluster.num_gpus) if budget is None else budget
+    budget = float(ctx.cluster.usable_gpus) if budget is None else budget
     work = {m: float(sum(state.remaining[n] for n in ctx.model_nodes(m))) for m in level}
 
     def finish(model: str, curve: EngineCurve) -> float:

@@ -128,7 +128,7 @@ def build_context(
                for model, nodes in workload.model_nodes.items()}
     for model in workload.models:  # a scale model's subsample may leave a model of the app without requests
         options_of_model = model_options[model]
-        options = [o for o in options_of_model.options(cluster.num_gpus, allow_replicas=settings.allow_replicas,
+        options = [o for o in options_of_model.options(cluster.usable_gpus, allow_replicas=settings.allow_replicas,
                                                        allow_sharing=settings.allow_sharing)
                    if shrinkable(options_of_model, o, engine_scale, longest[model])]
         curves[model] = model_curves(workload, options_of_model, options, batches=settings.curve_batches,

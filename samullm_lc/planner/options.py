@@ -149,7 +149,8 @@ def build_model_options(
     else:
         tps = _fitting_degrees(costs, cluster)
     schedulers = {tp: costs.scheduler(tp) for tp in tps}
-    loads = {tp: costs.load_seconds(tp) for tp in tps}
+    extra_read = cluster.weight_read_extra_seconds(costs.architecture.weight_bytes)
+    loads = {tp: costs.load_seconds(tp) + extra_read for tp in tps}
     loads.update({tp: s for tp, s in (load_overrides or {}).items() if tp in loads})
     can_time_slice = False
     if cluster.spec.kind == "gpu":

@@ -49,6 +49,8 @@ def _place(
     wanted: list[tuple[str, EngineOption]], cluster: Cluster, previous: dict[str, Assignment]
 ) -> tuple[Assignment, ...] | None:
     free = [_HALVES] * cluster.num_gpus
+    for lost in cluster.lost_devices:
+        free[lost] = 0
     out: list[Assignment] = []
     fresh: list[tuple[str, EngineOption]] = []
     for model, option in wanted:

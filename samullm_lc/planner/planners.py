@@ -15,7 +15,13 @@ from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 from samullm_lc.errors import ConfigError, SamullmError
-from samullm_lc.planner.baselines import BASELINE_POLICIES, AllAtOncePolicy, MuxServeLikePolicy, SequentialPolicy
+from samullm_lc.planner.baselines import (
+    BASELINE_POLICIES,
+    AllAtOncePolicy,
+    MuxServeLikePolicy,
+    PerModelPoolsPolicy,
+    SequentialPolicy,
+)
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.replay import ExactRun
 from samullm_lc.planner.search import ExhaustivePolicy, GreedyPolicy, SearchPolicy, rollout, sequential_floor
@@ -57,6 +63,7 @@ class Planner:
     name: ClassVar[str]
     summary: ClassVar[str]
     preloads: ClassVar[bool] = False  # its plan may load an engine during the stage before (``preload.py``)
+    plans_by_node: ClassVar[bool] = False  # a large app on equal nodes is planned for one (``node_split.py``)
     policy_class: ClassVar[Callable[[PlanningContext], Policy]]  # makes its stage policy for one planning run
 
     def policy(self, ctx: PlanningContext) -> Policy:
@@ -73,6 +80,7 @@ class GreedyPlanner(Planner):
 
     name = "greedy"
     summary = "SamuLLM's greedy: the highest-throughput stage each time"
+    plans_by_node = True
     policy_class = GreedyPolicy
 
 
@@ -83,6 +91,7 @@ class SearchPlanner(Planner):
     name = DEFAULT_PLANNER
     summary = "budgeted search with memo and lower-bound pruning, seeded with greedy and the baselines (default)"
     preloads = True
+    plans_by_node = True
     policy_class = SearchPolicy
 
     def run(self, ctx: PlanningContext, fresh: Callable[[], ExactRun]) -> ExactRun:
@@ -145,7 +154,7 @@ class ExhaustivePlanner(Planner):
 
     def policy(self, ctx: PlanningContext) -> Policy:
         """The exhaustive policy; ConfigError for instances too large to enumerate."""
-        if len(ctx.models) > EXHAUSTIVE_MAX_MODELS or ctx.cluster.num_gpus > EXHAUSTIVE_MAX_GPUS:
+        if len(ctx.models) > EXHAUSTIVE_MAX_MODELS or ctx.cluster.usable_gpus > EXHAUSTIVE_MAX_GPUS:
             raise ConfigError(
                 f"the exhaustive planner takes at most {EXHAUSTIVE_MAX_MODELS} models and {EXHAUSTIVE_MAX_GPUS} "
                 f"GPUs ({len(ctx.models)} models on {ctx.cluster} given); use the 'search' planner"
@@ -178,10 +187,19 @@ class MuxServeLikePlanner(Planner):
     policy_class = MuxServeLikePolicy
 
 
+class PerModelPoolsPlanner(Planner):
+    """The `per-model-pools` planner: one fixed pool per model for the whole run, GPUs split in proportion to
+    work (Ray Data LLM's actor pools); not one of the search's shadows: it is the yardstick of a Ray backend."""
+
+    name = "per-model-pools"
+    summary = "one fixed pool per model for the whole run, GPUs split in proportion to work (Ray Data LLM)"
+    policy_class = PerModelPoolsPolicy
+
+
 PLANNERS: dict[str, type[Planner]] = {
     cls.name: cls
     for cls in (GreedyPlanner, SearchPlanner, ExhaustivePlanner, SequentialPlanner, AllAtOncePlanner,
-                MuxServeLikePlanner)
+                MuxServeLikePlanner, PerModelPoolsPlanner)
 }
 
 

@@ -83,7 +83,7 @@ def sequential_floor(ctx: PlanningContext, state: StageState) -> float:
     perfectly to all GPUs from its most GPU-efficient plan simulated so far, loads included. Simulating
     the baseline's own plans (every model on all GPUs) is worth it only when the search did not beat this."""
     total = state.time
-    gpus = ctx.cluster.num_gpus
+    gpus = ctx.cluster.usable_gpus
     for model, work in zip(ctx.models, ctx.model_work(state.remaining).tolist(), strict=True):
         if work > 0.0:
             running = state.engines.get(model)

@@ -5,7 +5,8 @@ of that stage whose placement is unchanged keep running; the others stop (their 
 the front of their model's queue) and the new ones start as their devices free up. It re-plans (``planning.py``:
 the planner's ``replan`` on what it observed) when a model finishes its share of the app, work arrives for a
 model the stage does not run, the stage runs longer than planned by more than ``replan_threshold``, an engine
-fails, or the client's notices complete a node or end its intake; ``replan_triggers.py`` names them.
+fails, a node leaves the cluster (the rest of the run is planned without its devices), or the client's
+notices complete a node or end its intake; ``replan_triggers.py`` names them.
 
 Requests wait in per-model queues; each engine holds at most ``max_in_flight`` of them, so a re-plan can
 move the rest. Every request resolves its future exactly once: a result, or a ``RequestError``. A request
@@ -34,7 +35,7 @@ from samullm_lc.errors import JournalError, PoolError, RequestError, SamullmErro
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import Plan
-from samullm_lc.runtime.backends.base import Backend, EngineReady, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.backends.base import Backend, DevicesLost, EngineReady, EngineStopped, Event, RequestDone
 from samullm_lc.runtime.client_notices import ClientNotices
 from samullm_lc.runtime.driver_settings import DriverSettings
 from samullm_lc.runtime.engine_set import EngineSet, RunningEngine
@@ -261,6 +262,10 @@ class Driver:
                 self.engines.ready(event.engine_id, self._model_load(engine.spec.model, event))
         elif isinstance(event, EngineStopped):
             self._engine_gone(event)
+        elif isinstance(event, DevicesLost):  # a node left: plan on what is left (its engines' stops follow)
+            self.cluster = self.cluster.without(event.devices)
+            self.recorder.engine_failure(self.backend.now(), event.reason)
+            self.triggers.add(ReplanTrigger.devices_lost(event.reason))
 
     def _model_load(self, model: str, event: EngineReady) -> float:
         """The observed start without the process start-up, which re-planned engines do not pay (they start in
@@ -325,7 +330,7 @@ class Driver:
         self._record_span(engine)
         unfinished = self.book.on_engine(event.unfinished)
         if event.failure is not None:
-            failures = self.engines.count_failure(model)
+            failures = 0 if event.node_lost else self.engines.count_failure(model)
             self.recorder.engine_failure(self.backend.now(), event.failure)
             for record in unfinished:
                 request = record.request
@@ -339,7 +344,7 @@ class Driver:
                 self._fail(record, given_up)
             return
         self.book.requeue(unfinished)
-        if event.failure is None:
+        if event.failure is None or event.node_lost:  # a lost node re-plans once, for all its engines
             return
         if event.permanent or failures >= self.settings.max_engine_failures:
             self._give_up(model, event.failure)  # fails the queue, re-queued requests included

@@ -54,7 +54,7 @@ from samullm_lc.runtime.vllm_engine import EngineSettings, engine_settings_for, 
 
 DEFAULT_CPU_KV_CACHE_BYTES = 128 * 2**20
 DEFAULT_CPU_MAX_MODEL_LEN = 2048
-BACKENDS = ("vllm", "sim")
+BACKENDS = ("vllm", "sim", "ray")
 
 
 class EnginePool:
@@ -125,6 +125,13 @@ class EnginePool:
             from samullm_lc.runtime.backends.sim_backend import SimBackend
 
             return SimBackend(self.cluster, profiles=self.profiles, seed=seed)
+        self._settings_for = engine_settings or default_engine_settings(self.cluster)
+        for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
+            self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+        if backend == "ray":  # engines on the Ray cluster this process is connected to (else ``auto``)
+            from samullm_lc.runtime.backends.ray_backend import RayBackend
+
+            return RayBackend(self._settings_for, self.cluster)
         # the vllm backend
         from samullm_lc.runtime.backends.vllm_backend import VllmBackend
         from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
@@ -136,9 +143,6 @@ class EnginePool:
                 f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
                 f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
             )
-        self._settings_for = engine_settings or default_engine_settings(self.cluster)
-        for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
-            self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
         return VllmBackend(self._settings_for, device_kind=kind)
 
     def add_model(self, model: str, profile: EngineProfile | None = None) -> None:
@@ -315,7 +319,7 @@ def check_models(models: Iterable[str], cluster: Cluster, backend: str) -> None:
     for model in models:
         if cluster.spec.kind != "cpu":
             model_architecture(model)
-        if backend == "vllm":
+        if backend in ("vllm", "ray"):
             default_engine_settings(cluster)(EngineSpec(engine_id=-1, model=model, devices=(0,)))
 
 

@@ -8,6 +8,7 @@ The driver re-plans, with the planner's ``replan`` on what it observed, when
 - work arrives for a model no engine runs, requests beyond the app graph (``BEYOND_APP``),
 - the stage runs longer than planned by more than ``replan_threshold`` (``STAGE_OVERRUN``),
 - an engine fails and is to be restarted or re-planned elsewhere (``ENGINE_FAILED``),
+- a node leaves the cluster: the plan is made again on the devices left (``DEVICES_LOST``),
 - a model is given up after its engines kept failing (``MODEL_GIVEN_UP``),
 - the client says no more requests come and some node expected more than it got (``INTAKE_FINISHED``): a traced
   graph over-estimated its calls, so the plan still waits for them and keeps engines for them.
@@ -31,6 +32,7 @@ class ReplanReason(Enum):
     BEYOND_APP = "requests beyond the app graph"
     STAGE_OVERRUN = "stage overran"
     ENGINE_FAILED = "engine failed"
+    DEVICES_LOST = "devices lost"
     MODEL_GIVEN_UP = "model given up"
     PLAN_GIVEN = "plan given"
     INTAKE_FINISHED = "intake finished"
@@ -64,6 +66,10 @@ class ReplanTrigger:
     @classmethod
     def engine_failed(cls, engine_id: int, model: str, failure: str) -> ReplanTrigger:
         return cls(ReplanReason.ENGINE_FAILED, f"engine {engine_id} ({model}) failed: {failure}")
+
+    @classmethod
+    def devices_lost(cls, reason: str) -> ReplanTrigger:
+        return cls(ReplanReason.DEVICES_LOST, reason)
 
     @classmethod
     def expectations(cls, nodes: list[str], models: list[str]) -> ReplanTrigger:

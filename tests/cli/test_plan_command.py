@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from samullm_lc.cli.main import app
 from samullm_lc.graph.app_graph import AppGraph, LLMNode
-from samullm_lc.graph.paper_apps import router_app
+from samullm_lc.graph.paper_apps import mixed_app, router_app
 from samullm_lc.planner.plan import Plan
 
-PLANNER_NAMES = ("greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like")
+PLANNER_NAMES = ("greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like", "per-model-pools")
 
 runner = CliRunner()
 
@@ -210,3 +210,13 @@ def test_a_non_utf8_app_file_exits_2_naming_it(tmp_path):
     result = runner.invoke(app, plan_args(bad))
     assert result.exit_code == 2, result.output
     assert "latin1.json is not UTF-8 text" in " ".join(result.output.split())
+
+
+def test_compare_skips_per_model_pools_when_the_models_do_not_fit_at_once(tmp_path):
+    path = mixed_app(20, 0).save(tmp_path / "mixed-n20.json")  # 14 models: their pools need 15 GPUs at once
+    result = runner.invoke(app, plan_args(path, "--compare", "--json"))
+    assert result.exit_code == 0, result.output
+    skipped = json.loads(result.stdout)["skipped"]
+    assert "need at least 15 GPUs" in skipped["per-model-pools"]
+    alone = runner.invoke(app, plan_args(path, "--planner", "per-model-pools"))
+    assert alone.exit_code == 2 and "need at least 15 GPUs" in " ".join(alone.output.split())

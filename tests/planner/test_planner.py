@@ -16,7 +16,8 @@ TWO_GPUS = Cluster.parse("2xA100-80GB")
 
 
 def test_registry_names():
-    assert set(PLANNERS) == {"greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like"}
+    assert set(PLANNERS) == {"greedy", "search", "exhaustive", "sequential", "all-at-once", "muxserve-like",
+                             "per-model-pools"}
 
 
 def test_unknown_planner_is_a_clear_error(two_independent):

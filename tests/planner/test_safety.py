@@ -46,6 +46,10 @@ def test_model_that_fits_nowhere_names_itself_and_its_memory():
 def test_sharing_off_means_whole_gpus():
     app = make_app("smalls", [("a", TINY, []), ("b", SMALL, []), ("c", TINY, ["a"])], requests=32)
     for name in PLANNERS:
+        if name == "per-model-pools":  # a pool per model at once: two models cannot share one whole GPU
+            with pytest.raises(DoesNotFitError, match="need at least 2 GPUs"):
+                plan_app(app, Cluster.parse("1xA100-80GB"), name, allow_gpu_sharing=False)
+            continue
         plan = plan_app(app, Cluster.parse("1xA100-80GB"), name, allow_gpu_sharing=False)
         assert all(e.plan.memory_fraction == 1.0 for s in plan.stages for e in s.entries)
 

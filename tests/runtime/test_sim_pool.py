@@ -215,3 +215,21 @@ def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_
     display.update(report)
     display.stop()
     assert "Llama-2-13b-hf" in screen.getvalue() and "100/100" in screen.getvalue()
+
+
+def test_a_node_that_leaves_mid_run_is_planned_around_and_every_request_completes_once():
+    app = _ensemble(600, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
+    with EnginePool(app, "2x4xA100-80GB", backend="sim", progress=False) as pool:
+        pool.backend.lose_node_at(30.0, node=1)
+        outcomes = AppRun(pool, app, token_ids=TOKENS).start().wait(120)
+        assert pool.join(60)
+    report = pool.report()
+    assert all(isinstance(o, GenerationResult) for node in outcomes.values() for o in node)
+    assert {m.model: m.requests_done for m in report.models} == {m: 600 for m in app.models()}
+    lost = next(i for i, r in enumerate(report.replans) if "left the cluster" in r.reason)
+    assert report.replans[lost].at_seconds == pytest.approx(30.0, abs=1.0)
+    assert any("left the cluster" in f for f in report.engine_failures)
+    assert any(d >= 4 for span in report.engines if span.started_seconds < 30.0 for d in span.devices)
+    later = [span for span in report.engines if span.started_seconds > 30.0]
+    assert later and all(d < 4 for span in later for d in span.devices)  # only node 0's devices after the loss
+    assert not _device_overlaps(report)

@@ -49,16 +49,27 @@ class EngineStopped:
     """An engine is gone and its devices are free; ``unfinished`` are the request ids it had not finished.
 
     ``failure`` is None for a stop the pool asked for, else why the engine died (crash, killed process).
-    ``permanent`` says a new engine of the model would fail the same way (the pool gives the model up at once).
+    ``permanent`` says a new engine of the model would fail the same way (the pool gives the model up at once);
+    ``node_lost`` that the engine's node left the cluster (not the model's fault: it does not count against it).
     """
 
     engine_id: int
     unfinished: tuple[int, ...]
     failure: str | None = None
     permanent: bool = False
+    node_lost: bool = False
 
 
-Event = EngineReady | RequestDone | EngineStopped
+@dataclass(frozen=True, slots=True)
+class DevicesLost:
+    """Devices the backend can no longer use: their node left the cluster. It comes before the ``EngineStopped``
+    of the engines that ran there; the pool re-plans on the devices left (``Cluster.without``)."""
+
+    devices: tuple[int, ...]
+    reason: str
+
+
+Event = EngineReady | RequestDone | EngineStopped | DevicesLost
 
 
 class Backend(Protocol):

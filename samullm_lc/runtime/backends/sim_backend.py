@@ -27,7 +27,7 @@ from samullm_lc.costmodel.model_costs import ModelCosts
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.simulator import ContinuousBatchingSimulator, SimulationResult
 from samullm_lc.planner.cluster import Cluster
-from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.backends.base import DevicesLost, EngineReady, EngineSpec, EngineStopped, Event, RequestDone
 from samullm_lc.runtime.requests import Completion, GenerationResult, Request
 
 PLACEHOLDER_WORD = "sim"
@@ -66,6 +66,8 @@ class SimBackend:
         self._costs: dict[str, ModelCosts] = {}
         self._queued: list[Event] = []
         self._woken = threading.Event()
+        self._losses: list[tuple[float, int]] = []  # (virtual time, node) of node losses to simulate
+        self._lost: set[int] = set()  # devices of nodes that left
 
     def now(self) -> float:
         return self._clock
@@ -78,10 +80,14 @@ class SimBackend:
         return self._costs[model]
 
     def start_engine(self, spec: EngineSpec) -> None:
+        if self._lost.intersection(spec.devices):
+            self._queued.append(EngineStopped(spec.engine_id, (), failure="its devices' node has left the cluster",
+                                              node_lost=True))
+            return
         costs = self.model_costs(spec.model)
         scheduler = costs.scheduler(spec.tp, spec.memory_fraction)
         sim = ContinuousBatchingSimulator(scheduler, costs.latency(spec.tp, time_sliced=spec.time_sliced))
-        load = costs.load_seconds(spec.tp)
+        load = costs.load_seconds(spec.tp) + self.cluster.weight_read_extra_seconds(costs.architecture.weight_bytes)
         self._engines[spec.engine_id] = _SimEngine(
             spec=spec, load_seconds=load, ready_at=self._clock + load, sim=sim, max_model_len=scheduler.max_model_len
         )
@@ -127,7 +133,7 @@ class SimBackend:
         unfinished = tuple(sorted(engine.sequences))
         self._queued.append(EngineStopped(engine_id, unfinished))
 
-    def fail_engine(self, engine_id: int, failure: str, *, permanent: bool = False) -> None:
+    def fail_engine(self, engine_id: int, failure: str, *, permanent: bool = False, node_lost: bool = False) -> None:
         """Simulate an engine dying now (a crash, a killed process, a lost node): what it finished by now is
         reported, and the rest comes back unfinished with ``failure``, as from a real backend."""
         engine = self._engines.pop(engine_id, None)
@@ -135,7 +141,28 @@ class SimBackend:
             return
         self._queued.extend(self._report(engine, self._clock))
         self._queued.append(EngineStopped(engine_id, tuple(sorted(engine.sequences)), failure=failure,
-                                          permanent=permanent))
+                                          permanent=permanent, node_lost=node_lost))
+
+    def lose_node_at(self, at_seconds: float, node: int) -> None:
+        """Simulate ``node`` leaving the cluster at virtual time ``at_seconds`` (as the ray backend reports it):
+        ``DevicesLost`` for its devices, then each of its engines fails; later engines there fail at once."""
+        self._losses.append((at_seconds, node))
+        self._losses.sort()
+
+    def _lose_due_node(self, upcoming: list[tuple[float, int]]) -> bool:
+        """Apply the first scheduled node loss if it comes before every engine's next event."""
+        if not self._losses or not upcoming or self._losses[0][0] > min(upcoming)[0]:
+            return False
+        at_seconds, node = self._losses.pop(0)
+        self._clock = max(self._clock, at_seconds)
+        devices = self.cluster.node_devices(node)
+        reason = f"node {node} (devices {list(devices)}) left the cluster"
+        self._lost.update(devices)
+        self._queued.append(DevicesLost(devices, reason))
+        for engine_id, engine in list(self._engines.items()):
+            if self._lost.intersection(engine.spec.devices):
+                self.fail_engine(engine_id, reason, node_lost=True)
+        return True
 
     def model_of(self, engine_id: int) -> str | None:
         """The model an engine runs (None once it has stopped)."""
@@ -151,6 +178,9 @@ class SimBackend:
             return events
         upcoming = [(self._next_event(e), engine_id) for engine_id, e in self._engines.items()]
         upcoming = [(t, engine_id) for t, engine_id in upcoming if t < np.inf]
+        if self._lose_due_node(upcoming):
+            events, self._queued = self._queued, []
+            return events
         if not upcoming:
             self._woken.wait(timeout)  # nothing to simulate: real time passes until a client submits
             self._woken.clear()

@@ -23,32 +23,29 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.runtime.backends.base import EngineReady, EngineSpec, EngineStopped, Event, RequestDone
+from samullm_lc.runtime.backends.base import EngineSpec, Event
 from samullm_lc.runtime.backends.vllm_worker import (
     REIMPORTED_MAIN_ADVICE,
     REIMPORTED_MAIN_EXIT_CODE,
     cpu_pinning,
     worker_main,
 )
+from samullm_lc.runtime.backends.worker_events import EngineInWorker, is_end, work_items, worker_events
 from samullm_lc.runtime.backends.worker_messages import (
     AddRequests,
-    EngineFailed,
-    EngineLoaded,
     EngineStoppedMessage,
     ExitWorker,
     FromWorker,
     Pinning,
-    RequestsFinished,
     StartEngine,
     StopEngine,
-    WorkItem,
 )
-from samullm_lc.runtime.requests import Completion, GenerationResult, Request
+from samullm_lc.runtime.requests import Request
 from samullm_lc.runtime.vllm_engine import EngineSettings
 
 STOP_GRACE_SECONDS = 30.0
@@ -60,12 +57,9 @@ SettingsFor = Callable[[EngineSpec], EngineSettings]
 
 @dataclass(slots=True)
 class _Worker:
-    spec: EngineSpec
+    engine: EngineInWorker  # until its engine finished loading (``ready``) the worker reads no message
     process: Any
     conn: Connection
-    in_flight: set[int] = field(default_factory=set)
-    stopping: bool = False
-    ready: bool = False  # its engine finished loading (until then it reads no message)
 
 
 @dataclass(slots=True)
@@ -107,7 +101,7 @@ class VllmBackend:
         if idle is not None:
             try:
                 idle.conn.send(start)
-                self._workers[spec.engine_id] = _Worker(spec=spec, process=idle.process, conn=idle.conn)
+                self._workers[spec.engine_id] = _Worker(EngineInWorker(spec), process=idle.process, conn=idle.conn)
                 return
             except (BrokenPipeError, OSError):
                 self._retire(idle)
@@ -118,7 +112,7 @@ class VllmBackend:
         )
         process.start()
         child.close()
-        self._workers[spec.engine_id] = _Worker(spec=spec, process=process, conn=parent)
+        self._workers[spec.engine_id] = _Worker(EngineInWorker(spec), process=process, conn=parent)
 
     def _reusable(self, spec: EngineSpec) -> _IdleWorker | None:
         """An idle worker that can host ``spec``, taken: one on its devices, else on the CPU one with as many."""
@@ -151,19 +145,17 @@ class VllmBackend:
 
     def submit(self, engine_id: int, requests: list[Request]) -> None:
         worker = self._workers[engine_id]
-        items = [WorkItem(r.id, r.kind, r.prompt, {} if r.kind == "openai" else r.sampling.vllm_kwargs())
-                 for r in requests]
-        worker.in_flight.update(r.id for r in requests)
+        worker.engine.in_flight.update(r.id for r in requests)
         try:
-            worker.conn.send(AddRequests(items))
+            worker.conn.send(AddRequests(work_items(requests)))
         except (BrokenPipeError, OSError):
             pass  # the worker died; wait() reports it with these requests unfinished
 
     def stop_engine(self, engine_id: int) -> None:
         worker = self._workers.get(engine_id)
-        if worker is None or worker.stopping:
+        if worker is None or worker.engine.stopping:
             return
-        worker.stopping = True
+        worker.engine.stopping = True
         try:
             worker.conn.send(StopEngine())
         except (BrokenPipeError, OSError):
@@ -187,46 +179,32 @@ class VllmBackend:
     def _drain(self, worker: _Worker) -> list[Event]:
         """Every message waiting on one worker's pipe, as events."""
         events: list[Event] = []
-        engine_id = worker.spec.engine_id
         try:
             while worker.conn.poll():
                 message: FromWorker = worker.conn.recv()
-                if isinstance(message, EngineLoaded):
-                    worker.ready = True
-                    events.append(EngineReady(engine_id, message.load_seconds, fresh_process=message.fresh_process))
-                elif isinstance(message, RequestsFinished):
-                    for outcome in message.outcomes:
-                        worker.in_flight.discard(outcome.request_id)
-                        result = None if outcome.error else GenerationResult(
-                            model=worker.spec.model, prompt_tokens=outcome.prompt_tokens, response=outcome.response,
-                            completions=[Completion(text=c.text, num_tokens=c.num_tokens,
-                                                    finish_reason=c.finish_reason) for c in outcome.completions],
-                        )
-                        events.append(RequestDone(engine_id, outcome.request_id, result, outcome.error))
-                elif isinstance(message, EngineStoppedMessage):
-                    self.batch_sizes[worker.spec.model].update(message.batch_sizes)
-                    events.append(self._gone(worker, None, reusable=True))
-                    return events
-                elif isinstance(message, EngineFailed):
-                    events.append(self._gone(worker, message.error))
+                if isinstance(message, EngineStoppedMessage):
+                    self.batch_sizes[worker.engine.spec.model].update(message.batch_sizes)
+                events.extend(worker_events(worker.engine, message))
+                if is_end(message):
+                    self._gone(worker, reusable=isinstance(message, EngineStoppedMessage))
                     return events
         except (EOFError, OSError):
             worker.process.join(timeout=1.0)  # reap it, for its exit code
             code = worker.process.exitcode
             if code == REIMPORTED_MAIN_EXIT_CODE:
-                events.append(self._gone(worker, f"engine process {worker.process.pid} stopped: "
+                events.append(worker.engine.gone(f"engine process {worker.process.pid} stopped: "
                                                  f"{REIMPORTED_MAIN_ADVICE}", permanent=True))
             else:
-                events.append(self._gone(worker, f"engine process {worker.process.pid} died (exit code {code})"))
+                events.append(worker.engine.gone(f"engine process {worker.process.pid} died (exit code {code})"))
+            self._gone(worker)
         return events
 
-    def _gone(self, worker: _Worker, failure: str | None, *, reusable: bool = False,
-              permanent: bool = False) -> EngineStopped:
+    def _gone(self, worker: _Worker, *, reusable: bool = False) -> None:
         """The engine is done with. A worker stopped on request waits for the next engine (up to
         ``MAX_IDLE_WORKERS``); any other exits on its own (reaped later, so ``wait`` never blocks)."""
-        self._workers.pop(worker.spec.engine_id, None)
+        self._workers.pop(worker.engine.spec.engine_id, None)
         if reusable:
-            idle = _IdleWorker(process=worker.process, conn=worker.conn, devices=worker.spec.devices)
+            idle = _IdleWorker(process=worker.process, conn=worker.conn, devices=worker.engine.spec.devices)
             if len(self._idle) < MAX_IDLE_WORKERS:
                 self._idle.append(idle)
             else:
@@ -235,11 +213,10 @@ class VllmBackend:
             worker.conn.close()
             self._exiting.append(worker.process)
         self._exiting = [p for p in self._exiting if p.is_alive()]
-        return EngineStopped(worker.spec.engine_id, tuple(sorted(worker.in_flight)), failure, permanent=permanent)
 
     def close(self) -> None:
         for engine_id, worker in list(self._workers.items()):
-            if not worker.ready and not worker.in_flight:  # still loading, nothing to lose: no need to wait
+            if not worker.engine.ready and not worker.engine.in_flight:  # still loading, nothing to lose
                 worker.process.kill()
                 self._exiting.append(worker.process)
                 self._workers.pop(engine_id)
@@ -251,7 +228,7 @@ class VllmBackend:
         for worker in list(self._workers.values()):
             worker.process.kill()
             self._exiting.append(worker.process)
-            self._workers.pop(worker.spec.engine_id, None)
+            self._workers.pop(worker.engine.spec.engine_id, None)
         for idle in self._idle:
             self._retire(idle)
         self._idle = []

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -89,8 +90,10 @@ def worker_main(conn: Connection, first: StartEngine) -> None:
 
     Every failure is reported on ``conn``; after a failed engine the process ends. Ctrl-C is the pool's to
     handle (a terminal sends it to the whole process group): the worker ignores it and is stopped by the pool.
+    In a Ray actor (``ray_host``) this runs in a thread of the actor's process, which keeps Ray's own handling.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     start, fresh = first, True
     while True:
         if not _run_engine(conn, start, fresh=fresh):
