@@ -116,6 +116,9 @@ class OfflineSession:
         self.max_concurrency = max_concurrency
         self.cluster = cluster_of(devices)
         if isinstance(devices, str) and devices.startswith(RAY_SCHEME):
+            if backend not in ("vllm", "ray"):
+                raise ConfigError(f"devices={devices!r} runs real engines on a Ray cluster; backend={backend!r} "
+                                  "cannot: leave backend out")
             backend = "ray"  # engines on that Ray cluster (``cluster_of`` connected to it)
         self.backend = check_backend(backend)
         self._journal_path = journal

@@ -73,7 +73,8 @@ def plan_app(
                "allow_replicas": allow_replicas, "profiles": profiles, "curve_batches": curve_batches,
                "scale_model": scale_model}
     if share is not None:
-        split = on_every_node(plan_app(share, one_node(cluster), planner, **options), app, share, cluster)
+        node_plan = plan_app(share, one_node(cluster), planner, **{**options, "allow_gpu_sharing": False})
+        split = on_every_node(node_plan, app, share, cluster)
         return split.model_copy(update={"planning_seconds": time.perf_counter() - started})
     settings = _settings(allow_gpu_sharing, allow_replicas, curve_batches)
     model_options = build_app_options(app, cluster, profiles=profiles)

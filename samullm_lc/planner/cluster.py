@@ -45,7 +45,7 @@ class Cluster(ValidatedModel):
                                     description="Per-node network bandwidth between nodes, GB/s.")
     storage_gb_per_s: float | None = Field(
         None, gt=0, description="Read rate of the shared storage the weights load from on every node, GB/s (capped "
-                                "by the network on a multi-node cluster); None: each node reads a local copy.")
+                                "by the network); None: each node reads a local copy.")
     lost_devices: tuple[int, ...] = Field((), description="Devices of nodes gone mid-run: never placed on.")
 
     @field_validator("num_gpus")
@@ -128,12 +128,10 @@ class Cluster(ValidatedModel):
 
     def weight_read_extra_seconds(self, weight_bytes: float) -> float:
         """Seconds an engine load takes beyond the local-storage read the load model prices: reading the weights
-        from shared storage (at most the network's rate between nodes) instead of a local copy."""
+        from shared storage over the network (at most the network's rate) instead of a local copy."""
         if self.storage_gb_per_s is None:
             return 0.0
-        rate = self.storage_gb_per_s * GB
-        if self.num_nodes > 1:
-            rate = min(rate, self.network_gb_per_s * GB)
+        rate = min(self.storage_gb_per_s, self.network_gb_per_s) * GB
         return max(0.0, weight_bytes / rate - weight_bytes / STORAGE_READ_BYTES_PER_SECOND)
 
     def tp_degrees(self) -> list[int]:

@@ -11,10 +11,12 @@ with the cluster (6 to 14 s at 8 nodes of 8 GPUs for the largest apps of `benchm
 
 Why it is not the default (``plan_app(by_node=True)`` asks for it): the estimate is one node's, and the whole
 run waits for the slowest node at every stage boundary (a model finishes when its last replica on any node
-does), so the same plan replayed on the whole app and cluster took up to 21% longer than estimated there;
+does), so the same plan replayed on the whole app and cluster took up to 28% longer than estimated there;
 and every node loads every model it runs, which costs most on apps whose loads weigh much (the traced Mixed
 example at 10,000 inputs: 15-22% slower than planned whole). A cluster is split only when each node gets at
-least ``MIN_INPUTS_PER_NODE`` inputs; a cluster with lost devices is planned whole.
+least ``MIN_INPUTS_PER_NODE`` inputs; a cluster with lost devices is planned whole. The node's plan shares no
+GPU (no time-sliced engine, no preload): a time-sliced engine is one replica, and the replay and the run state
+keep one plan per model.
 """
 
 from __future__ import annotations

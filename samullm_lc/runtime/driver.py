@@ -263,8 +263,12 @@ class Driver:
         elif isinstance(event, EngineStopped):
             self._engine_gone(event)
         elif isinstance(event, DevicesLost):  # a node left: plan on what is left (its engines' stops follow)
-            self.cluster = self.cluster.without(event.devices)
             self.recorder.engine_failure(self.backend.now(), event.reason)
+            try:
+                self.cluster = self.cluster.without(event.devices)
+            except SamullmError as exc:  # no device left: nothing can run
+                self._fail_all(f"{event.reason}; {exc}")
+                return
             self.triggers.add(ReplanTrigger.devices_lost(event.reason))
 
     def _model_load(self, model: str, event: EngineReady) -> float:
@@ -332,7 +336,7 @@ class Driver:
         if event.failure is not None:
             failures = 0 if event.node_lost else self.engines.count_failure(model)
             self.recorder.engine_failure(self.backend.now(), event.failure)
-            for record in unfinished:
+            for record in unfinished if not event.node_lost else ():  # a lost node is no request's fault
                 request = record.request
                 if request.attempts >= self.settings.max_attempts:
                     self._fail(record, f"request {request.id} to {model} was on {request.attempts} engines that "

@@ -54,6 +54,9 @@ class EngineSettings(ValidatedModel):
         "use offset').",
     )
     enforce_eager: bool = True
+    distributed_executor_backend: str | None = Field(
+        None, description="vLLM's executor; None: vLLM chooses. The ray backend sets 'uni' (TP1) or 'mp', so vLLM "
+        "never starts its own Ray workers inside an engine actor (they would ignore the plan's devices).")
     dtype: str = "auto"
     seed: int = 0
 

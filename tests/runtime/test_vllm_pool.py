@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import pytest
+from backend_events import events_until
 
 from samullm_lc.errors import RequestError
 from samullm_lc.planner import Cluster
@@ -64,16 +65,6 @@ def test_sampling_and_chat_pass_through_and_bad_requests_fail_alone(profiles):
     assert report.models[0].requests_failed == 1 and report.models[0].requests_done == 26
 
 
-def _events_until(backend: VllmBackend, kind: type, engine_id: int, timeout: float = 180.0) -> list:
-    """Backend events until one of ``kind`` for ``engine_id`` arrives."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen.extend(backend.wait(timeout=1.0))
-        if any(isinstance(e, kind) and e.engine_id == engine_id for e in seen):
-            return seen
-    raise AssertionError(f"no {kind.__name__} for engine {engine_id} within {timeout} s: {seen}")
-
-
 def _ready(events: list, engine_id: int) -> EngineReady:
     return next(e for e in events if isinstance(e, EngineReady) and e.engine_id == engine_id)
 
@@ -82,12 +73,12 @@ def test_a_stopped_engines_worker_process_hosts_the_next_engine():
     backend = VllmBackend(default_engine_settings(Cluster.parse("2xcpu")), device_kind="cpu")
     try:
         backend.start_engine(EngineSpec(engine_id=0, model=MODEL, devices=(0,)))
-        fresh = _ready(_events_until(backend, EngineReady, 0), 0)
+        fresh = _ready(events_until(backend, EngineReady, 0), 0)
         first_pid = backend.pids()[0]
         backend.stop_engine(0)
-        _events_until(backend, EngineStopped, 0)
+        events_until(backend, EngineStopped, 0)
         backend.start_engine(EngineSpec(engine_id=1, model=MODEL, devices=(1,)))  # another core: re-pinned
-        reused = _ready(_events_until(backend, EngineReady, 1), 1)
+        reused = _ready(events_until(backend, EngineReady, 1), 1)
         assert backend.pids()[1] == first_pid
         # A reused process has vLLM imported: its engine starts in a fraction of the fresh process's time.
         assert fresh.fresh_process and not reused.fresh_process
@@ -95,7 +86,7 @@ def test_a_stopped_engines_worker_process_hosts_the_next_engine():
         request = Request(id=7, model=MODEL, kind="text", prompt="hello again",
                           sampling=SamplingSpec(max_tokens=5, ignore_eos=True))
         backend.submit(1, [request])
-        done = [e for e in _events_until(backend, RequestDone, 1) if isinstance(e, RequestDone)]
+        done = [e for e in events_until(backend, RequestDone, 1) if isinstance(e, RequestDone)]
         assert done[0].error is None and done[0].result.completions[0].num_tokens == 5
     finally:
         backend.close()
@@ -181,7 +172,7 @@ def test_a_request_that_breaks_an_engine_step_fails_alone_and_the_engine_keeps_r
     backend = VllmBackend(default_engine_settings(Cluster.parse("1xcpu")), device_kind="cpu")
     try:
         backend.start_engine(EngineSpec(engine_id=0, model=MODEL, devices=(0,)))
-        _events_until(backend, EngineReady, 0)
+        events_until(backend, EngineReady, 0)
         good = [Request(id=i, model=MODEL, kind="text", prompt=f"request {i}",
                         sampling=SamplingSpec(max_tokens=6, ignore_eos=True, seed=i)) for i in range(10)]
         bad = Request(id=99, model=MODEL, kind="text", prompt="the bad one",
@@ -198,7 +189,7 @@ def test_a_request_that_breaks_an_engine_step_fails_alone_and_the_engine_keeps_r
         assert "failed while running only this request" in done[99].error and "Overflow" in done[99].error
         backend.submit(0, [Request(id=100, model=MODEL, kind="text", prompt="after it",
                                    sampling=SamplingSpec(max_tokens=3, ignore_eos=True))])
-        after = [e for e in _events_until(backend, RequestDone, 0) if isinstance(e, RequestDone)]
+        after = [e for e in events_until(backend, RequestDone, 0) if isinstance(e, RequestDone)]
         assert after[-1].request_id == 100 and after[-1].error is None
     finally:
         backend.close()

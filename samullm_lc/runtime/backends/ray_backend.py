@@ -49,6 +49,8 @@ from samullm_lc.runtime.backends.worker_messages import (
 from samullm_lc.runtime.requests import Request
 from samullm_lc.runtime.vllm_engine import EngineSettings
 
+NODE_DIED = "its node has died"
+"""Words of Ray's ``ActorDiedError`` when the actor's node died (the node table may say so a few seconds later)."""
 NODE_CHECK_SECONDS = 1.0
 """How often ``wait`` asks Ray which nodes are alive (a node without engines is otherwise not noticed)."""
 HOST_CONCURRENCY = 4
@@ -112,8 +114,9 @@ class RayBackend:
         if node in self._lost_nodes:
             self._events.append(engine.gone(f"node {node} has left the Ray cluster", node_lost=True))
             return
-        start = StartEngine(model=spec.model, settings=self._settings_for(spec).model_dump(),
-                            pinning=self._pinning(spec))
+        settings = self._settings_for(spec).model_copy(
+            update={"distributed_executor_backend": "mp" if spec.tp > 1 else "uni"})  # never vLLM's Ray executor
+        start = StartEngine(model=spec.model, settings=settings.model_dump(), pinning=self._pinning(spec))
         host = self._reusable(spec, node)
         if host is not None:
             self._post(host, start)
@@ -132,7 +135,7 @@ class RayBackend:
 
     def _new_host(self, spec: EngineSpec, node: int, start: StartEngine) -> _Host:
         """An actor for ``spec`` on its node, in a placement group holding its share of each of its devices."""
-        from ray.util import placement_group
+        from ray.util import placement_group, remove_placement_group
 
         for idle in [h for h in self._idle if h.node == node]:  # they hold devices of the node the new group needs
             self._let_go(idle)
@@ -140,10 +143,14 @@ class RayBackend:
         group = placement_group(bundles, strategy="STRICT_PACK",
                                 bundle_label_selector=[{NODE_ID_LABEL: self._node_ids[node]}] * len(bundles),
                                 name=f"samullm-engine-{spec.engine_id}")
-        actor = self._host_class.options(
-            num_cpus=0, max_concurrency=HOST_CONCURRENCY, max_restarts=0,
-            scheduling_strategy=self._in_group(group, placement_group_bundle_index=0),
-        ).remote(start)
+        try:
+            actor = self._host_class.options(
+                num_cpus=0, max_concurrency=HOST_CONCURRENCY, max_restarts=0,
+                scheduling_strategy=self._in_group(group, placement_group_bundle_index=0),
+            ).remote(start)
+        except Exception:
+            remove_placement_group(group)
+            raise
         host = _Host(actor=actor, group=group, node=node, spec=spec)
         self._listen(host)
         return host
@@ -238,8 +245,12 @@ class RayBackend:
         return events
 
     def _died(self, host: _Host, error: Exception) -> list[Event]:
-        """A host's call failed: the actor or its node is gone. A lost node is reported for all its engines."""
+        """A host's call failed: the actor or its node is gone. A lost node is reported for all its engines, also
+        when Ray's error says the node died before its node table does."""
         events = self._check_nodes(force=True)
+        if not host.gone and NODE_DIED in str(error):
+            events.extend(self._lose_node(host.node, f"Ray node {self._node_ids[host.node][:12]} (plan node "
+                                                     f"{host.node}) died under engine actors"))
         if host.gone:
             return events
         self._let_go(host)
@@ -261,20 +272,29 @@ class RayBackend:
         if not force and now - self._nodes_checked < NODE_CHECK_SECONDS:
             return []
         self._nodes_checked = now
-        alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
+        try:
+            alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
+        except Exception:  # noqa: BLE001 - the node table is unreachable for now: look again next time
+            return []
         events: list[Event] = []
         for node, node_id in enumerate(self._node_ids):
-            if node in self._lost_nodes or node_id in alive:
-                continue
-            self._lost_nodes.add(node)
-            devices = self._cluster.node_devices(node)
-            reason = f"Ray node {node_id[:12]} (plan node {node}, devices {list(devices)}) left the cluster"
-            events.append(DevicesLost(devices, reason))
-            for host in [*self._hosts.values(), *self._idle]:
-                if host.node == node and not host.gone:
-                    self._let_go(host)
-                    if host.engine is not None:
-                        events.append(self._end(host, reason, node_lost=True))
+            if node not in self._lost_nodes and node_id not in alive:
+                events.extend(self._lose_node(node, f"Ray node {node_id[:12]} (plan node {node}) left the cluster"))
+        return events
+
+    def _lose_node(self, node: int, reason: str) -> list[Event]:
+        """``DevicesLost`` for a plan node, then the end of each engine there (``node_lost``)."""
+        if node in self._lost_nodes:
+            return []
+        self._lost_nodes.add(node)
+        devices = self._cluster.node_devices(node)
+        reason = f"{reason}: devices {list(devices)} lost"
+        events: list[Event] = [DevicesLost(devices, reason)]
+        for host in [*self._hosts.values(), *self._idle]:
+            if host.node == node and not host.gone:
+                self._let_go(host)
+                if host.engine is not None:
+                    events.append(self._end(host, reason, node_lost=True))
         return events
 
     # ---- hosts -----------------------------------------------------------------------------------------
@@ -308,12 +328,14 @@ class RayBackend:
             else:
                 self.stop_engine(host.engine.spec.engine_id)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while self._hosts and time.monotonic() < deadline:
-            self.wait(timeout=0.5)
-        for host in [*self._hosts.values(), *self._idle]:
-            self._let_go(host)
-        self._hosts.clear()
-        self._disconnect()
+        try:
+            while self._hosts and time.monotonic() < deadline:
+                self.wait(timeout=0.5)
+        finally:
+            for host in [*self._hosts.values(), *self._idle]:
+                self._let_go(host)
+            self._hosts.clear()
+            self._disconnect()
 
     def _disconnect(self) -> None:
         if self._owns_connection:

@@ -8,6 +8,7 @@ as Ray has with devices, each counted with the smallest node's devices (a plan a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -16,17 +17,26 @@ from samullm_lc.errors import ConfigError
 from samullm_lc.planner.cluster import Cluster
 
 RAY_SCHEME = "ray://"
+MIN_RAY = (2, 50)
+"""The oldest Ray whose placement-group bundles honour a node label selector."""
+_ADDRESS = re.compile(r"^(auto|[A-Za-z0-9_.\-]+:\d{1,5})$")
 NODE_ID_LABEL = "ray.io/node-id"
 """The label Ray gives every node: a placement group's bundles select their node by it."""
 
 
 def import_ray() -> Any:
-    """The ``ray`` module; ``ConfigError`` saying how to install it (core Ray only) if it is missing."""
+    """The ``ray`` module; ``ConfigError`` saying how to install it (core Ray only) if it is missing or older than
+    ``MIN_RAY`` (placement-group bundles select their node by label only from then on)."""
+    install = ("pip install 'samullm_lc[ray]' (core ray only; ray[llm] pins another vLLM and must not be installed "
+               "beside this one)")
     try:
         import ray
     except ImportError:
-        raise ConfigError("the ray backend needs Ray: pip install 'samullm_lc[ray]' (core ray only; ray[llm] pins "
-                          "another vLLM and must not be installed beside this one)") from None
+        raise ConfigError(f"the ray backend needs Ray: {install}") from None
+    version = tuple(int(part) for part in re.findall(r"\d+", ray.__version__)[:2])
+    if version < MIN_RAY:
+        raise ConfigError(f"the ray backend needs Ray {'.'.join(map(str, MIN_RAY))} or later (placement groups that "
+                          f"select their node), this is {ray.__version__}: {install}")
     return ray
 
 
@@ -34,16 +44,19 @@ def connect(address: str | None = None) -> bool:
     """Connect this process to Ray (``address``: ``auto``, ``HOST:PORT``, or None for the current connection or
     ``auto``); True if this call made the connection (its maker disconnects)."""
     ray = import_ray()
-
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address not in (None, "auto") and address != current:
+            raise ConfigError(f"this process is connected to the Ray cluster at {current}, not {address}: one process "
+                              "runs on one Ray cluster; call ray.shutdown() first, or use devices='ray://auto'")
         return False
     try:
         ray.init(address=address or "auto", include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", ignore_reinit_error=True)
-    except ConnectionError as exc:
+    except (ConnectionError, ValueError, RuntimeError, OSError) as exc:
         raise ConfigError(f"cannot reach a Ray cluster at {address or 'auto'!r}: {exc}; start one with "
-                          "`ray start --head` (and `ray start --address HEAD:6379` on each other node), or give "
-                          "its address as devices='ray://HOST:PORT'") from None
+                          "`ray start --head` (and `ray start --address HEAD:6379` on each other node), and give "
+                          "its GCS address as devices='ray://HEAD:6379' (not the Ray Client port 10001)") from None
     return True
 
 
@@ -66,8 +79,11 @@ def check_fits(cluster: Cluster) -> list[str]:
     resource = device_resource(cluster.spec.kind)
     nodes = device_nodes(cluster.spec.kind)
     if len(nodes) < cluster.num_nodes:
+        hint = (f"; on the CPU engine NxCORESxcpu counts nodes, and Nxcpu means N nodes of one core each "
+                f"(e.g. 1x{cluster.num_gpus}xcpu for one node of {cluster.num_gpus} cores)"
+                if cluster.spec.kind == "cpu" and cluster.gpus_per_node is None else "")
         raise ConfigError(f"{cluster} needs {cluster.num_nodes} Ray node(s) with {resource}s; the Ray cluster has "
-                          f"{len(nodes)}: add nodes (`ray start --address HEAD:6379`) or plan for fewer")
+                          f"{len(nodes)}: add nodes (`ray start --address HEAD:6379`) or plan for fewer{hint}")
     chosen = nodes[:cluster.num_nodes]
     small = [n["NodeID"][:8] for n in chosen if n["Resources"][resource] < cluster.devices_per_node]
     if small:
@@ -80,6 +96,9 @@ def parse_address(devices: str) -> tuple[str, str | None]:
     """``ray://ADDRESS[?hardware=NAME]`` -> (address for ``ray.init``, hardware name or None)."""
     url = urlparse(devices)
     address = devices[len(RAY_SCHEME):].split("?")[0] or "auto"
+    if not _ADDRESS.match(address):
+        raise ConfigError(f"{devices!r}: the Ray address must be 'auto' or HOST:PORT, the GCS address `ray start "
+                          "--head` prints (e.g. ray://10.0.0.1:6379)")
     hardware = parse_qs(url.query).get("hardware", [None])[0]
     return address, hardware
 
