@@ -35,8 +35,9 @@ Other jobs share this machine. Before each run the benchmark waits (up to a minu
 is gone and processes outside its own process tree (which holds the Ray cluster and the engines of both variants)
 leave the cores idle; it reports the CPU time those processes took during each run and makes a disturbed run
 again. At most three attempts per variant and round, and none begun after ten minutes, so that the run holds the
-engine lock for about that long at most. With ``--priority`` (root) it runs at nice -10 instead: other jobs' niced
-work then gets only the cycles the engines leave, and runs neither wait for idle cores nor are made again for it.
+engine lock for about that long at most. With ``--priority`` (root) it runs at nice -10 instead, its session's
+autogroup too (``raise_priority``): other jobs' niced work then gets only the cycles the engines leave, and runs
+neither wait for idle cores nor are made again for it.
 
 Writes ``docs/results/ray-backend-real.md`` and ``docs/results/ray-backend-real.json``.
 Run: ``flock /tmp/samullm-engine.lock /work/main/.venv/bin/python benchmarks/ray_backend_real.py [--requests 256]
@@ -54,6 +55,7 @@ import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,7 @@ VARIANTS = {  # name -> (devices, backend)
 }
 IDLE_WAIT_SECONDS = 60.0  # at most this long for the cores to become idle before a run (then measured anyway)
 MAX_ATTEMPTS = 3  # runs of a variant in one round, at most (see ``measure``); the last one counts
+RAY_WORKER_TITLES = ("ray::IDLE", "ray::EngineHost")  # process titles of Ray's workers (its agents are daemons)
 PRIORITY_NICE = -10  # ``--priority``: the benchmark's nice value (weight ~9500 against a nice-10 job's ~110)
 BUDGET_MINUTES = 10.0  # no run is made again, nor waited for, after this long (the engine lock's share)
 
@@ -93,7 +96,7 @@ class TreeCpu:
     variant's engine processes. A process that ends takes its CPU time with it (Ray's workers are not reaped into
     their parent's children times), so each process's last sample is kept: at most ``SAMPLE_SECONDS`` of an
     ended process's time is missed. Ray's daemons are the descendants whose command names Ray and is not a
-    worker's (``ray::...`` or ``default_worker.py``).
+    worker's (``RAY_WORKER_TITLES``, or ``default_worker.py`` before a worker sets its title).
     """
 
     SAMPLE_SECONDS = 0.5
@@ -120,7 +123,8 @@ class TreeCpu:
                     key = (process.pid, process.create_time())
             except psutil.Error:  # ended meanwhile: its last sample stands
                 continue
-            daemon = "ray" in command and not command.startswith("ray::") and "default_worker.py" not in command
+            worker = command.startswith(RAY_WORKER_TITLES) or "default_worker.py" in command
+            daemon = "ray" in command and not worker
             seen[key] = (times.user + times.system, daemon)
         with self._lock:
             self._last.update(seen)
@@ -450,7 +454,8 @@ def sharing(summary: Summary) -> str:
              "variant and round; see *Runs made again*).")
     if summary.priority:
         return ("Other jobs share this machine, their work niced; this benchmark ran at nice "
-                f"{PRIORITY_NICE} (`--priority`; the engines, Ray's daemons and its workers inherit it), so they got "
+                f"{PRIORITY_NICE}, its session's autogroup too (`--priority`; the engines, Ray's daemons and its "
+                "workers inherit it), so they got "
                 "only the cycles the engines left: runs did not wait for idle cores, and `other CPU s` is what "
                 "processes outside the benchmark's own process tree took during each run. " + again)
     return ("Other jobs share this machine: each run waited (up to "
@@ -515,9 +520,11 @@ def render(summary: Summary, cluster_seconds: float, profile_seconds: float, hos
          "`ready_seconds - started_seconds` of `pool.report().engines` (process or actor start, `import vllm`, model "
          "load), the mean over the run's engines that became ready. `first result s`: from the pool's creation. "
          "`generate s`: the slower model's, from its engine ready to its last result (the pool's clock). `close s`: "
-         "leaving the pool's `with` block after the last result (engine shutdown; not in end to end). `other CPU s`: "
+         "leaving the pool's `with` block after the last result (not in end to end): the local backend waits for its "
+         "worker processes to exit, the Ray backend kills its actors (`ray.kill`) once their engines have stopped "
+         "and does not wait for their processes to exit, so the two do not measure the same thing. `other CPU s`: "
          "CPU time processes outside the benchmark took during the run; `Ray daemons CPU s`: what the Ray cluster's "
-         "GCS and raylets took (their own time, not their workers')."),
+         "daemons took (GCS, raylets, agents; their own time, not their workers')."),
         "",
         *results_table(summary),
         "",
@@ -564,6 +571,22 @@ def raw_results(summary: Summary, cluster_seconds: float, profile_seconds: float
     }
 
 
+def raise_priority() -> Callable[[], None]:
+    """Run this process, and every process it starts, at ``PRIORITY_NICE``; what puts the session back.
+
+    With the kernel's autogroups a nice value only weighs against processes of the same session: the session's
+    autogroup (``/proc/self/autogroup``, shared by the Ray cluster and the engines, which stay in this session)
+    gets the same nice value, else other sessions' niced jobs would still get an equal share of the cores.
+    """
+    os.setpriority(os.PRIO_PROCESS, 0, PRIORITY_NICE)  # before any engine, Ray daemon or worker starts
+    autogroup = Path("/proc/self/autogroup")
+    if not autogroup.exists():
+        return lambda: None
+    before = autogroup.read_text().split("nice")[-1].strip()
+    autogroup.write_text(str(PRIORITY_NICE))
+    return lambda: autogroup.write_text(before)
+
+
 # ---- main ------------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -574,8 +597,7 @@ def main() -> None:
                         "the engines leave, so runs neither wait for idle cores nor are made again for it")
     parser.add_argument("--no-write", action="store_true", help="print the page only")
     args = parser.parse_args()
-    if args.priority:
-        os.setpriority(os.PRIO_PROCESS, 0, PRIORITY_NICE)  # before any engine, Ray daemon or worker starts
+    restore_priority = raise_priority() if args.priority else (lambda: None)
 
     import ray
     import vllm
@@ -604,6 +626,7 @@ def main() -> None:
     finally:
         stop_ray_cluster(cluster)
         tree.close()
+        restore_priority()
     summary = Summary(runs=runs, discarded=discarded, requests=args.requests, priority=args.priority)
 
     command = "flock /tmp/samullm-engine.lock /work/main/.venv/bin/python benchmarks/ray_backend_real.py"
