@@ -358,7 +358,8 @@ class Summary:
 
     @property
     def paired_per_request_ms(self) -> list[float]:
-        return [(r.seconds - l.seconds) / self.requests * 1000 for l, r in zip(self.runs["local"], self.runs["ray"])]
+        return [(ray.seconds - local.seconds) / self.requests * 1000
+                for local, ray in zip(self.runs["local"], self.runs["ray"])]
 
     @property
     def identical(self) -> bool:

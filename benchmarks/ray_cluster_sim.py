@@ -103,7 +103,8 @@ class Case:
     by_node_replayed_on: str = ""  # what the replay ran on, where not the scale model ``plan_app`` would use: why not
     ours_on_every_request: float = math.nan  # where the by-node plan was replayed on every request: ours planned on
     # every request too (as the by-node plan's share was), its estimate
-    ours_plan_on_every_request: float = math.nan  # there also: ours (planned on the scale model) replayed on every request
+    # there also: ours (planned on the scale model) replayed on every request
+    ours_plan_on_every_request: float = math.nan
     skipped: dict[str, str] = field(default_factory=dict)  # planner -> why it has no plan
     full_replay: dict[str, float] = field(default_factory=dict)  # where the Ray baseline needs every request: ours, its
 
@@ -514,7 +515,8 @@ READING = (
     "median they are as fast, and in 11 cases up to 7% faster (the router at 10,000 inputs on 2 nodes; mixed at "
     "10,000 inputs on 8 nodes, both on every request). The whole-cluster search does not always find the plan one "
     "node's search finds: on chain-summary at 10,000 inputs on 4 nodes it runs the summariser at TP4, where one "
-    "node's plan runs it at TP2 and is 1% faster. Four plans by node cannot be replayed whole: an engine made for one node's share, planned on "
+    "node's plan runs it at TP2 and is 1% faster. Four plans by node cannot be replayed whole: "
+         "an engine made for one node's share, planned on "
     "every request, is too small to shrink to the whole app's scale model, or (the traced Mixed example at 100,000 "
     "inputs on 4 nodes) a stage waits for requests no engine of it runs. A plan made on the scale model can also "
     "fare badly off it: ours for mixed at 10,000 inputs on 2 nodes, replayed on every request, takes 14,080 s "
