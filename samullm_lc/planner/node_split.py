@@ -26,53 +26,40 @@ from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 
 MIN_INPUTS_PER_NODE = 1_000
-"""Inputs each node must get for a multi-node cluster to be planned one group of nodes at a time."""
-GROUP_NODES = 1
-"""Nodes planned together; the plan of one group runs on every group. Pairs of nodes were tried: they planned
-8 nodes in up to 4.7 s, better than single nodes on some apps and worse on others."""
-
-
+"""Inputs each node must get for a multi-node cluster to be planned one node at a time (pairs of nodes were
+also tried: 8 nodes planned in up to 4.7 s, better than single nodes on some apps, worse on others)."""
 def node_share(app: AppGraph, cluster: Cluster, *, seed: int = 0) -> AppGraph | None:
-    """One group's share of ``app`` (a draw of ``1/groups`` of its inputs) if ``cluster`` is planned by group,
-    else None: fewer than two groups, lost devices, too few inputs per node, or a share that misses a node."""
-    groups = _groups(cluster)
-    if groups < 2 or cluster.lost_devices or app.inputs_count // cluster.num_nodes < MIN_INPUTS_PER_NODE:
+    """One node's share of ``app`` (a draw of ``1/n`` of its inputs) if ``cluster`` is planned by node, else None:
+    one node, nodes of unequal size, lost devices, too few inputs per node, or a share that misses a node."""
+    nodes = cluster.num_nodes
+    if nodes < 2 or cluster.num_gpus % cluster.devices_per_node or cluster.lost_devices \
+            or app.inputs_count // nodes < MIN_INPUTS_PER_NODE:
         return None
-    share = app.scaled(app.inputs_count // groups, seed=seed)
+    share = app.scaled(app.inputs_count // nodes, seed=seed)
     if {n.name for n in share.nodes} != {n.name for n in app.nodes}:
         return None  # a rarely routed node drew no input: plan the whole app
     return share
 
 
-def _groups(cluster: Cluster) -> int:
-    """Groups of ``GROUP_NODES`` nodes the cluster is made of (1 if it is not made of whole groups)."""
-    nodes = cluster.num_nodes
-    if cluster.num_gpus % cluster.devices_per_node or nodes % GROUP_NODES:
-        return 1
-    return nodes // GROUP_NODES
-
-
 def one_node(cluster: Cluster) -> Cluster:
-    """The first group of nodes of ``cluster`` as a cluster of its own."""
+    """The first node of ``cluster`` as a cluster of its own."""
     per_node = cluster.devices_per_node
-    return cluster.model_copy(update={"num_gpus": per_node * cluster.num_nodes // _groups(cluster),
-                                      "gpus_per_node": per_node})
+    return cluster.model_copy(update={"num_gpus": per_node, "gpus_per_node": per_node})
 
 
 def on_every_node(plan: Plan, app: AppGraph, share: AppGraph, cluster: Cluster) -> Plan:
-    """``plan`` (made for ``share`` on one group of nodes) run on every group of ``cluster``: each engine repeated
-    at the same place in every group, each stage's request counts scaled from the share to ``app``."""
-    groups = _groups(cluster)
-    span = cluster.num_gpus // groups
+    """``plan`` (made for ``share`` on one node) run on every node of ``cluster``: each engine repeated at the same
+    place on every node, each stage's request counts scaled from the share to ``app``."""
+    nodes, span = cluster.num_nodes, cluster.devices_per_node
     ratio = {n.name: n.num_requests / max(1, share.node(n.name).num_requests) for n in app.nodes}
 
     def entries(entry: StageEntry) -> list[StageEntry]:
         done = {name: round(count * ratio[name]) for name, count in entry.requests_done.items()}
-        copies = [tuple(g + group * span for g in entry.plan.gpus) for group in range(groups)]
-        if entry.plan.time_sliced:  # a time-sliced engine is one replica: one entry per group
+        copies = [tuple(g + node * span for g in entry.plan.gpus) for node in range(nodes)]
+        if entry.plan.time_sliced:  # a time-sliced engine is one replica: one entry per node
             plans = [entry.plan.model_copy(update={"gpus": gpus}) for gpus in copies]
         else:
-            plans = [ExecutionPlan(model=entry.plan.model, tp=entry.plan.tp, replicas=entry.plan.replicas * groups,
+            plans = [ExecutionPlan(model=entry.plan.model, tp=entry.plan.tp, replicas=entry.plan.replicas * nodes,
                                    gpus=tuple(g for gpus in copies for g in gpus),
                                    memory_fraction=entry.plan.memory_fraction)]
         return [entry.model_copy(update={"plan": p, "requests_done": done if i == 0 else {}})

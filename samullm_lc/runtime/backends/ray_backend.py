@@ -35,7 +35,7 @@ from samullm_lc.runtime.backends.base import DevicesLost, EngineSpec, Event
 from samullm_lc.runtime.backends.ray_host import EngineHost
 from samullm_lc.runtime.backends.ray_nodes import NODE_ID_LABEL, check_fits, connect, device_resource, import_ray
 from samullm_lc.runtime.backends.vllm_backend import MAX_IDLE_WORKERS, STOP_GRACE_SECONDS
-from samullm_lc.runtime.backends.vllm_worker import cpu_pinning_env
+from samullm_lc.runtime.backends.vllm_worker import cpu_pinning
 from samullm_lc.runtime.backends.worker_events import EngineInWorker, is_end, work_items, worker_events
 from samullm_lc.runtime.backends.worker_messages import (
     AddRequests,
@@ -131,7 +131,7 @@ class RayBackend:
         if self._cluster.spec.kind == "gpu":
             per_node = self._cluster.devices_per_node
             return Pinning(env={"CUDA_VISIBLE_DEVICES": ",".join(str(d % per_node) for d in spec.devices)})
-        return Pinning(env=cpu_pinning_env(list(spec.devices)), cores=list(spec.devices))
+        return cpu_pinning(list(spec.devices))
 
     def _new_host(self, spec: EngineSpec, node: int, start: StartEngine) -> _Host:
         """An actor for ``spec`` on its node, in a placement group holding its share of each of its devices."""
