@@ -87,7 +87,9 @@ def parser(description: str | None) -> argparse.ArgumentParser:
                    help="serve the GPU models (GPU_MODELS) on the GPUs CUDA shows instead of the tiny models")
     p.add_argument("--trace-only", action="store_true",
                    help="trace the pipeline on a stand-in model (no engine) and print its graph instead of running")
-    p.add_argument("--report", type=Path, metavar="PATH", help="write the run report as JSON")
+    p.add_argument("--report", type=Path, metavar="PATH",
+                   help="write the run report as JSON, its HTML page beside it (.html) and the engines' log (.log)")
+    p.add_argument("--verbose", action="store_true", help="show the engines' own output (vLLM's logs) here")
     return p
 
 
@@ -114,12 +116,15 @@ def run_example(
         graph = trace(build(), inputs, models, name=Path(inspect.getfile(build)).stem)
         print(graph.describe())
         return None
-    results, report = run(build(), inputs, models)
+    print(f"{Path(inspect.getfile(build)).stem}: {args.n} inputs through samullm.offline(), "
+          f"{len(models)} client models served by {len(set(models.values()))} {'GPU' if args.gpu else 'tiny'} models")
+    engine_log = args.report.with_suffix(".log") if args.report else None
+    results, report = run(build(), inputs, models, verbose=args.verbose, engine_log=engine_log)
     print(report.summary())
     print(describe_results(results))
     if args.report:
-        report.save(args.report)
-        print(f"run report: {args.report}")
+        page = report.save_html(args.report.with_suffix(".html"))
+        print(f"run report: {page} (the page), {report.save(args.report)} (JSON; `samullm report` draws it)")
     return results
 
 

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from samullm_lc.cli.outcome import EXIT_CODES_HELP, WRITE_EXIT_CODES_HELP, ExitCode, fail, output_path, write_outputs
 from samullm_lc.cli.plan_command import plan
-from samullm_lc.cli.run_command import run
+from samullm_lc.cli.report_command import report
+from samullm_lc.cli.run_command import VERBOSE_HELP, run
 from samullm_lc.cli.trace_command import trace
 from samullm_lc.errors import ConfigError, SamullmError
 from samullm_lc.limits import DEMO_QUESTIONS, OUTPUT_LENGTH_SAMPLES, REQUESTS_PER_ESTIMATE, TOKENS_PER_REQUEST
@@ -85,9 +86,12 @@ def profile(
     max_model_len: Annotated[int, typer.Option(min=16, max=TOKENS_PER_REQUEST.maximum)] = 2048,
     scale: Annotated[float, typer.Option(min=0.05, max=4.0, help="Shrink or grow the profiling grid.")] = 1.0,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profile as one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """Measure a real vLLM engine on a grid of batch shapes and save its fitted profile."""
     from samullm_lc.profiling.profiler import profile_engine
+    from samullm_lc.runtime.engine_logs import engine_log_path, engine_output_to
     from samullm_lc.runtime.vllm_engine import engine_settings_for
 
     try:
@@ -96,10 +100,11 @@ def profile(
         settings, architecture = engine_settings_for(
             model, tensor_parallel_size=tp, kv_cache_memory_bytes=kv_cache_mib * 2**20, max_model_len=max_model_len
         )
-        result = profile_engine(
-            settings, architecture=architecture, hardware=hardware, scale=scale, seed=seed,
-            on_progress=lambda message: console.print(f"  {message}"),
-        )
+        with engine_output_to(engine_log_path(verbose=verbose)) as terminal:  # the engine runs in this process
+            result = profile_engine(
+                settings, architecture=architecture, hardware=hardware, scale=scale, seed=seed,
+                on_progress=lambda message: print(f"  {message}", file=terminal, flush=True),
+            )
     except SamullmError as error:
         fail(error)
     fit = result.fit
@@ -107,8 +112,11 @@ def profile(
         f"profile of {architecture.name}: {fit.num_steps} steps, median step error "
         f"{fit.median_relative_error:.1%}, total error {fit.total_relative_error:+.1%}, load {result.load_seconds:.1f} s"
     )
+    if as_json:
+        typer.echo(result.model_dump_json())
     if not write_outputs([("engine profile", out, result.save)]):
-        typer.echo(result.model_dump_json(indent=1))  # the measurement is not lost: it goes to stdout
+        if not as_json:
+            typer.echo(result.model_dump_json(indent=1))  # the measurement is not lost: it goes to stdout
         raise typer.Exit(code=ExitCode.NOT_WRITTEN)
     console.print(f"written to {out}")
 
@@ -128,11 +136,17 @@ def _check_kv_cache(kv_cache_mib: int, hardware: str, tp: int) -> None:
 
 
 @app.command()
-def models() -> None:
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: catalogue and tiny models.")] = False,
+) -> None:
     """List the built-in architecture catalogue and the tiny test models."""
     from samullm_lc.costmodel.architecture import catalogue_names, resolve_architecture
     from samullm_lc.tinymodels import TINY_MODELS
 
+    if as_json:
+        catalogue = {name: resolve_architecture(name).model_dump(mode="json") for name in catalogue_names()}
+        typer.echo(json.dumps({"catalogue": catalogue, "tiny": list(TINY_MODELS)}, indent=1))
+        return
     table = Table("name", "kind", "params", "layers", "hidden", "heads/kv", "experts")
     for name in catalogue_names():
         arch = resolve_architecture(name)
@@ -145,10 +159,15 @@ def models() -> None:
 
 
 @app.command()
-def hardware() -> None:
+def hardware(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: name -> specification.")] = False,
+) -> None:
     """List the hardware catalogue."""
     from samullm_lc.costmodel.hardware import HARDWARE
 
+    if as_json:
+        typer.echo(json.dumps({name: hw.model_dump(mode="json") for name, hw in HARDWARE.items()}, indent=1))
+        return
     table = Table("name", "memory GB", "BF16 TFLOP/s", "HBM GB/s", "NVLink GB/s")
     for hw in HARDWARE.values():
         table.add_row(hw.name, f"{hw.memory_bytes / 1e9:.0f}", f"{hw.peak_flops / 1e12:.0f}",
@@ -164,6 +183,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the run report (mode 0600) and its Gantt chart.")] = Path(
         "results/demo"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """The embedded default job: a three-model tiny app planned and run on this machine's vLLM CPU engines."""
     from samullm_lc.cli.run_command import DEMO_CLUSTER, checked_run, finish_run, run_app, run_outputs
@@ -176,7 +196,7 @@ def demo(
     except SamullmError as error:
         fail(error)
     console.print(f"{app.description}, on {DEMO_CLUSTER} (one vLLM CPU engine per core)")
-    result = run_app(app, cluster, backend=backend, planner=DEMO_PLANNER, journal=None, seed=0)
+    result = run_app(app, cluster, backend=backend, planner=DEMO_PLANNER, journal=None, seed=0, verbose=verbose)
     code = finish_run(result, outputs, as_json=as_json)
     if code != ExitCode.NOT_WRITTEN:
         console.print(f"report: {outputs['report']}, Gantt chart of the run: {outputs['gantt']}")
@@ -210,6 +230,7 @@ def validate(
 app.command("plan", epilog=WRITE_EXIT_CODES_HELP)(plan)
 app.command("run", epilog=EXIT_CODES_HELP)(run)
 app.command("trace", epilog=WRITE_EXIT_CODES_HELP)(trace)
+app.command("report", epilog=WRITE_EXIT_CODES_HELP)(report)
 
 if __name__ == "__main__":
     app()

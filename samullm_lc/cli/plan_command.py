@@ -1,4 +1,5 @@
-"""``samullm plan``: plan an application graph on a cluster, compare the planners, draw the plan.
+"""``samullm plan``: plan an application graph on a cluster, compare the planners, draw the plan (alone, or above
+a baseline planner's plan on one time axis: ``--gantt-versus``).
 
 Kept in its own file so that ``main.py`` stays a list of small commands; the planner is imported inside the
 command, so ``samullm --help`` does not pay for it.
@@ -15,11 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
+from samullm_lc.cli.run_command import cpu_profiles
 from samullm_lc.errors import ConfigError, DoesNotFitError, SamullmError
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.planners import DEFAULT_PLANNER, EXHAUSTIVE_MAX_GPUS, EXHAUSTIVE_MAX_MODELS, ExhaustivePlanner
+from samullm_lc.runtime.engine_logs import engine_log_path
 
 if TYPE_CHECKING:
+    from samullm_lc.costmodel.profile import EngineProfile
     from samullm_lc.graph.app_graph import AppGraph
     from samullm_lc.planner.cluster import Cluster
     from samullm_lc.planner.plan import Plan
@@ -58,15 +62,18 @@ def _too_big_for_exhaustive(app: AppGraph, cluster: Cluster) -> str | None:
     models = len(app.models())
     if models <= COMPARE_EXHAUSTIVE_MAX_MODELS and cluster.num_gpus <= COMPARE_EXHAUSTIVE_MAX_GPUS:
         return None
+    from samullm_lc.planner.cluster import device_word
+
     return (
         f"exhaustive search is for small instances (at most {COMPARE_EXHAUSTIVE_MAX_MODELS} models on "
-        f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs; this is {models} on {cluster.num_gpus}); "
+        f"{COMPARE_EXHAUSTIVE_MAX_GPUS} {device_word(cluster)}; this is {models} on {cluster.num_gpus}); "
         f"add --planner {EXHAUSTIVE} to run it anyway"
     )
 
 
 def _compare(
-    app: AppGraph, cluster: Cluster, chosen: str, seed: int, samples: int, curve_batches: int
+    app: AppGraph, cluster: Cluster, chosen: str, seed: int, samples: int, curve_batches: int,
+    profiles: dict[str, EngineProfile] | None,
 ) -> tuple[dict[str, Plan], dict[str, str]]:
     """Every planner's plan, and why any planner was skipped."""
     from samullm_lc.planner import PLANNERS, plan_app
@@ -79,7 +86,8 @@ def _compare(
             skipped[name] = reason
             continue
         try:
-            plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples, curve_batches=curve_batches)
+            plans[name] = plan_app(app, cluster, name, seed=seed, num_samples=samples, curve_batches=curve_batches,
+                                   profiles=profiles)
         except DoesNotFitError as error:  # per-model-pools: every model's engines at once may need more GPUs
             if name == chosen:
                 raise
@@ -112,12 +120,16 @@ def plan(
             "Run every planner and print their estimates side by side; with --json one object "
             f"planner -> estimated seconds, plus '{LOWER_BOUND_KEY}' (a lower bound on the makespan) and "
             f"'skipped' (planner -> reason): {EXHAUSTIVE} is skipped above {COMPARE_EXHAUSTIVE_MAX_MODELS} models or "
-            f"{COMPARE_EXHAUSTIVE_MAX_GPUS} GPUs unless it is the --planner, per-model-pools where the models' engines "
+            f"{COMPARE_EXHAUSTIVE_MAX_GPUS} devices unless it is the --planner, per-model-pools where the models' engines "
             "do not fit the cluster at once."
         )),
     ] = False,
     gantt: Annotated[Path | None, typer.Option(
-        help="Draw the --planner plan as a GPUs x time chart (PNG; SVG, PDF by suffix; mode 0600).")] = None,
+        help="Draw the --planner plan as a devices x time chart (PNG; SVG, PDF by suffix; mode 0600).")] = None,
+    gantt_versus: Annotated[str | None, typer.Option(
+        metavar="PLANNER",
+        help="With --gantt: draw the --planner plan above this planner's plan (a baseline such as sequential), "
+             "two panels on one time axis, each titled with its planner and estimated seconds.")] = None,
 ) -> None:
     """Plan which models run together, with which parallelism, and estimate the end-to-end time."""
     try:
@@ -130,14 +142,20 @@ def plan(
         _check_topology(topology)
         app = _load_app(app_path)
         target = Cluster.parse(cluster, topology)  # type: ignore[arg-type]
+        _check_versus(gantt_versus, planner, gantt)
         if gantt is not None:
             output_path(gantt, "Gantt chart", chart=True)
+        profiles = cpu_profiles(app, target, log_path=engine_log_path() if target.spec.kind == "cpu" else None)
         if compare:
-            plans, skipped = _compare(app, target, planner, seed, samples, batches)
-            bound = lower_bound_seconds(app, target, seed=seed, curve_batches=batches)
+            plans, skipped = _compare(app, target, planner, seed, samples, batches, profiles)
+            bound = lower_bound_seconds(app, target, seed=seed, curve_batches=batches, profiles=profiles)
         else:
-            plans = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples, curve_batches=batches)}
+            plans = {planner: plan_app(app, target, planner, seed=seed, num_samples=samples, curve_batches=batches,
+                                       profiles=profiles)}
             skipped = {}
+        if gantt_versus is not None and gantt_versus not in plans:
+            plans[gantt_versus] = plan_app(app, target, gantt_versus, seed=seed, num_samples=samples,
+                                           curve_batches=batches)
     except SamullmError as error:
         fail(error)
 
@@ -150,11 +168,34 @@ def plan(
         typer.echo(chosen.describe())
         typer.echo(f"planned in {chosen.planning_seconds:.2f} s")
     if gantt is not None:
-        from samullm_lc.planner.gantt import draw_gantt
+        _write_gantt(gantt, [chosen] if gantt_versus is None else [chosen, plans[gantt_versus]])
 
-        if not write_outputs([("Gantt chart", gantt, lambda path: draw_gantt(chosen, path))]):
-            raise typer.Exit(code=ExitCode.NOT_WRITTEN)
-        console.print(f"gantt chart of the {planner} plan written to {gantt}")
+
+def _check_versus(versus: str | None, planner: str, gantt: Path | None) -> None:
+    """--gantt-versus names another known planner, and comes with --gantt; ``ConfigError`` with the fix."""
+    from samullm_lc.planner import check_planner
+
+    if versus is None:
+        return
+    check_planner(versus)
+    if versus == planner:
+        raise ConfigError(f"--gantt-versus {versus} names the --planner itself; name the baseline to draw beside "
+                          f"it, e.g. --gantt-versus sequential")
+    if gantt is None:
+        raise ConfigError("--gantt-versus draws into the --gantt chart; add --gantt FILE (e.g. --gantt plan.png)")
+
+
+def _write_gantt(path: Path, plans: list[Plan]) -> None:
+    """Draw one plan, or a plan above a baseline's on one time axis; exit 3 if the file cannot be written."""
+    from samullm_lc.planner.gantt import draw_gantt, draw_gantt_comparison
+
+    def draw(target: Path) -> Path:
+        return draw_gantt(plans[0], target) if len(plans) == 1 else draw_gantt_comparison(plans, target)
+
+    if not write_outputs([("Gantt chart", path, draw)]):
+        raise typer.Exit(code=ExitCode.NOT_WRITTEN)
+    beside = f" above the {plans[1].planner} plan" if len(plans) > 1 else ""
+    console.print(f"gantt chart of the {plans[0].planner} plan{beside} written to {path}")
 
 
 def _print_comparison(

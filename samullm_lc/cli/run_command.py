@@ -19,14 +19,17 @@ from rich.console import Console
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
 from samullm_lc.errors import PoolError, SamullmError
 from samullm_lc.planner.planners import DEFAULT_PLANNER
+from samullm_lc.runtime.engine_logs import engine_log_path
 
 if TYPE_CHECKING:
+    from samullm_lc.costmodel.profile import EngineProfile
     from samullm_lc.graph.app_graph import AppGraph
     from samullm_lc.planner.cluster import Cluster
     from samullm_lc.runtime.report import RunReport
 
 console = Console(stderr=True)
 DEMO_CLUSTER = "2xcpu"
+VERBOSE_HELP = "Show the engines' own output (vLLM's logs) here instead of in the log file whose path is printed."
 
 
 def run(
@@ -41,6 +44,7 @@ def run(
     gantt: Annotated[Path | None, typer.Option(help="Draw the actual run (PNG; SVG, PDF by suffix).")] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a summary.")] = False,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """Run an app through the planner-driven engine pool and report plan vs actual."""
     from samullm_lc.cli.plan_command import _load_app
@@ -53,7 +57,7 @@ def run(
             output_path(journal, "journal")
     except SamullmError as error:
         fail(error)
-    result = run_app(app, target, backend=backend, planner=planner, journal=journal, seed=seed)
+    result = run_app(app, target, backend=backend, planner=planner, journal=journal, seed=seed, verbose=verbose)
     raise typer.Exit(code=finish_run(result, outputs, as_json=as_json))
 
 
@@ -79,8 +83,9 @@ def run_outputs(*, report: Path | None, gantt: Path | None) -> dict[str, Path]:
 
 
 def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, journal: Path | None,
-            seed: int) -> RunReport:
-    """Run ``app`` on ``cluster`` and return the RunReport; exits 2 if the run cannot start.
+            seed: int, verbose: bool = False) -> RunReport:
+    """Run ``app`` on ``cluster`` and return the RunReport; exits 2 if the run cannot start. The engines print to
+    a log file whose path is printed (``runtime/engine_logs``), or here when ``verbose``.
 
     Failed requests are counted in the report; a failure of the pool's driver mid-run is added to the
     report's errors (its requests were failed with the cause), so the run still ends with a report.
@@ -89,14 +94,10 @@ def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, jour
     from samullm_lc.runtime.pool import EnginePool
 
     try:
-        profiles = None
-        if cluster.spec.kind == "cpu":
-            from samullm_lc.profiling.pool_profiles import pool_profiles
-
-            console.print(f"engine profiles of {', '.join(app.models())} on one core (measured once, then cached)")
-            profiles = pool_profiles(app.models())
+        engine_log = engine_log_path(verbose=verbose) if backend != "sim" else None
+        profiles = cpu_profiles(app, cluster, log_path=engine_log)
         pool = EnginePool(app, cluster, backend=backend, planner=planner, profiles=profiles, journal=journal,
-                          seed=seed)
+                          seed=seed, engine_log=engine_log, verbose=verbose)
     except SamullmError as error:
         fail(error)
     try:
@@ -114,6 +115,16 @@ def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, jour
             result.errors.append(str(error))
         return result
     return pool.report()
+
+
+def cpu_profiles(app: AppGraph, cluster: Cluster, *, log_path: Path | None) -> dict[str, EngineProfile] | None:
+    """On a ``cpu`` cluster, each model's one-core engine profile (measured here once, then cached): the CPU
+    engine's speed is measured, not modelled. None on GPUs."""
+    if cluster.spec.kind != "cpu":
+        return None
+    from samullm_lc.profiling.pool_profiles import pool_profiles
+
+    return pool_profiles(app.models(), log_path=log_path)
 
 
 def finish_run(result: RunReport, outputs: dict[str, Path], *, as_json: bool) -> ExitCode:

@@ -27,11 +27,18 @@ from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.langchain import sites
 from samullm_lc.langchain.input_progress import InputProgress
 from samullm_lc.langchain.interrupts import on_interrupt, restore_interrupt
-from samullm_lc.langchain.session_options import asks_for_tool_calls, check_tool_parser, cluster_of, model_names
+from samullm_lc.langchain.session_options import (
+    asks_for_tool_calls,
+    check_tool_parser,
+    cluster_of,
+    concurrency_token,
+    model_names,
+)
 from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import Plan
 from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.ray_nodes import RAY_SCHEME
+from samullm_lc.runtime.engine_logs import engine_log_path
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.pool import EnginePool, check_backend, check_models
 from samullm_lc.runtime.report import RunReport
@@ -77,7 +84,8 @@ class OfflineSession:
     connected to. ``journal`` makes a rerun of an interrupted batch recompute only what
     had not finished. ``max_concurrency`` caps the calls in flight (LangChain's own setting). ``tool_parser``
     serves tool calls as ``vllm serve --enable-auto-tool-choice --tool-call-parser NAME`` would. ``profiles``
-    gives measured engine profiles by model (otherwise each CPU model is profiled once and cached).
+    gives measured engine profiles by model (otherwise each CPU model is profiled once and cached). Engines print
+    to ``engine_log`` (default: a new file whose path is printed; ``runtime/engine_logs``), or with ``verbose`` here.
 
     Planning before the run: by default the first ``batch``/``abatch`` of a pipeline in the block first runs the
     pipeline on a sample of ``trace`` inputs (8 if True) with the stand-in model (no engine; ``tracing.py``),
@@ -100,6 +108,8 @@ class OfflineSession:
         backend: str = "vllm",
         planner: str = DEFAULT_PLANNER,
         progress: bool | None = None,
+        verbose: bool = False,
+        engine_log: str | Path | None = None,
         profiles: dict[str, Any] | None = None,
         tool_parser: str | None = None,
         seed: int = 0,
@@ -125,6 +135,7 @@ class OfflineSession:
         self._pool_options = {"journal": None, "backend": backend, "planner": planner, "progress": progress,
                               "seed": seed}
         self._profiles = dict(profiles or {})
+        self._log_option, self._log_path = (engine_log, verbose), None
         if isinstance(trace, bool) or not isinstance(trace, int) or trace < 1:
             if not isinstance(trace, bool):
                 raise ConfigError(f"trace must be True, False or a number of inputs to trace (>= 1), got {trace!r}")
@@ -193,7 +204,7 @@ class OfflineSession:
 
     def activate(self) -> ActiveTokens:
         """Make this the session of the current context (and the contexts it starts); ``deactivate`` undoes it."""
-        return _current.set(self), _concurrency_token(self.max_concurrency), sites.activate(self._input_done)
+        return _current.set(self), concurrency_token(self.max_concurrency), sites.activate(self._input_done)
 
     @staticmethod
     def deactivate(tokens: ActiveTokens) -> None:
@@ -359,7 +370,8 @@ class OfflineSession:
             if self.pool is None:
                 plan = {"plan": self.plan} if self.plan is not None else {}
                 pool = EnginePool(self.graph, self.cluster, models=models, profiles={**self._profiles, **profiles},
-                                  **plan, **self._pool_options)
+                                  engine_log=self._engine_log(), verbose=self._log_option[1], **plan,
+                                  **self._pool_options)
                 self.pool = pool.start()
             else:
                 for model in missing:
@@ -381,7 +393,14 @@ class OfflineSession:
             return {}
         from samullm_lc.profiling.pool_profiles import pool_profiles
 
-        return pool_profiles([m for m in models if m not in self._profiles]) if models else {}
+        return pool_profiles([m for m in models if m not in self._profiles], log_path=self._engine_log()) if models else {}
+
+    def _engine_log(self) -> Path | None:
+        """The block's engine log, created at its first engine or profile; None: the terminal (or no engines)."""
+        engine_log, verbose = self._log_option
+        if self._log_path is None and not verbose and self.backend != "sim":
+            self._log_path = engine_log_path(engine_log)
+        return self._log_path
 
 
 def _nodes_by_site(graph: AppGraph | None) -> dict[str, str]:
@@ -391,18 +410,6 @@ def _nodes_by_site(graph: AppGraph | None) -> dict[str, str]:
 
 offline = OfflineSession
 """``samullm.offline(...)``: open a block (``with samullm.offline(models=...):``); see ``OfflineSession``."""
-
-
-def _concurrency_token(max_concurrency: int) -> contextvars.Token | None:
-    """Set LangChain's own configuration channel (the config every runnable started in this context inherits)
-    so ``batch``/``abatch`` keep up to ``max_concurrency`` calls in flight; a value the caller set stays."""
-    from langchain_core.runnables.config import var_child_runnable_config
-
-    config = dict(var_child_runnable_config.get() or {})
-    if config.get("max_concurrency") is not None:
-        return None
-    config["max_concurrency"] = max_concurrency
-    return var_child_runnable_config.set(config)  # type: ignore[arg-type]
 
 
 def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:

@@ -1,7 +1,9 @@
-"""What ``offline()``'s arguments mean: the model names clients use, the devices the pool runs on, the tool parser."""
+"""What ``offline()``'s arguments mean: the model names clients use, the devices the pool runs on, the tool parser,
+LangChain's concurrency setting."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -82,3 +84,15 @@ def check_tool_parser(name: str | None) -> str | None:
     if name not in known:
         raise ConfigError(f"unknown tool parser {name!r}; vLLM's parsers: {', '.join(sorted(known))}")
     return name
+
+
+def concurrency_token(max_concurrency: int) -> contextvars.Token | None:
+    """Set LangChain's own configuration channel (the config every runnable started in this context inherits)
+    so ``batch``/``abatch`` keep up to ``max_concurrency`` calls in flight; a value the caller set stays."""
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    config = dict(var_child_runnable_config.get() or {})
+    if config.get("max_concurrency") is not None:
+        return None
+    config["max_concurrency"] = max_concurrency
+    return var_child_runnable_config.set(config)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ chosen stages faithfully with the continuous-batching simulator; ``evaluate_plan
 """
 
 from samullm_lc.planner.api import evaluate_plan, lower_bound_seconds, plan_app, replan
-from samullm_lc.planner.cluster import Cluster, Topology
+from samullm_lc.planner.cluster import Cluster, Topology, device_word
 from samullm_lc.planner.plan import ExecutionPlan, Plan, Stage, StageEntry
 from samullm_lc.planner.planners import PLANNERS, check_planner
 from samullm_lc.planner.state import RunState
@@ -21,6 +21,7 @@ __all__ = [
     "StageEntry",
     "Topology",
     "check_planner",
+    "device_word",
     "evaluate_plan",
     "lower_bound_seconds",
     "plan_app",

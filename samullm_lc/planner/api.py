@@ -18,7 +18,7 @@ from samullm_lc.errors import ConfigError, DoesNotFitError
 from samullm_lc.graph.app_graph import AppGraph
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.bounds import standalone_lower_bound
-from samullm_lc.planner.cluster import Cluster
+from samullm_lc.planner.cluster import Cluster, device_word
 from samullm_lc.planner.context import PlanningContext, PlanningSettings, build_app_options, build_context
 from samullm_lc.planner.curves import BATCHES_SIMULATED
 from samullm_lc.planner.node_split import node_share, on_every_node, one_node
@@ -260,7 +260,7 @@ def _assignment(plan: ExecutionPlan, cluster: Cluster, options: ModelOptions) ->
     """Check an execution plan against the cluster and the model: each replica on an aligned TP block the
     topology connects, at a degree the model fits."""
     if any(not 0 <= g < cluster.num_gpus for g in plan.gpus):
-        raise ConfigError(f"plan for {plan.model}: GPUs {list(plan.gpus)} are not all in {cluster}")
+        raise ConfigError(f"plan for {plan.model}: {device_word(cluster)} {list(plan.gpus)} are not all in {cluster}")
     groups = set(cluster.tp_groups(plan.tp))
     for block in plan.replica_devices():
         if block not in groups:
@@ -284,14 +284,16 @@ def _check_stage(ctx: PlanningContext, group: Group, serving: set[str] | None = 
         if placed.option.memory_fraction < 1.0:
             ctx.model_options[placed.model].scheduler(placed.option)
     over = DeviceMemory((placed.gpus, placed.option.memory_fraction) for placed in group).over_committed()
+    one, many = device_word(ctx.cluster, plural=False), device_word(ctx.cluster)
     if over:
-        raise ConfigError(f"the stage puts more than one GPU's memory on GPUs {over}; give each engine its own GPUs")
+        raise ConfigError(f"the stage puts more than one {one}'s memory on {many} {over}; give each engine its own "
+                          f"{many}")
     computing = [p for p in group if serving is None or p.model in serving]
     for gpu in {g for p in computing for g in p.gpus}:
         sharing = [p for p in computing if gpu in p.gpus]
         if len(sharing) > 1 and not all(p.option.time_sliced for p in sharing):
             raise ConfigError(
-                f"the stage runs {', '.join(p.model for p in sharing)} on GPU {gpu} at the same time; set "
+                f"the stage runs {', '.join(p.model for p in sharing)} on {one} {gpu} at the same time; set "
                 f"time_sliced: true on each of them (they then share its compute), or give all but one no nodes "
                 f"(they load for the next stage)")
 

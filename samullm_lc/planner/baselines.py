@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from samullm_lc.errors import DoesNotFitError, SamullmError
 from samullm_lc.planner.candidates import runnable_models
+from samullm_lc.planner.cluster import device_word
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.options import EngineOption
 from samullm_lc.planner.placement import place
@@ -90,7 +91,8 @@ class _StaticPolicy:
         if not group:
             group = self._group(state, _with_work(self.ctx, state, kept), waiting)
         if not group:
-            raise SamullmError(f"{type(self).__name__}: no waiting model fits the free GPUs of {self.ctx.cluster}")
+            raise SamullmError(f"{type(self).__name__}: no waiting model fits the free {device_word(self.ctx.cluster)} "
+                               f"of {self.ctx.cluster}")
         return group
 
     def _group(self, state: StageState, kept: list[tuple[str, EngineOption]], waiting: list[str]) -> Group | None:
@@ -228,11 +230,13 @@ class PerModelPoolsPolicy:
         while need() > self.ctx.cluster.usable_gpus:
             if len(shared) == len(can_share):
                 engines = ", ".join(f"{m} {least[m]}" for m in models if m not in shared)
-                halves = f"; small models on half a GPU: {', '.join(shared)}" if shared else ""
+                one, many = device_word(self.ctx.cluster, plural=False), device_word(self.ctx.cluster)
+                halves = f"; small models on half a {one}: {', '.join(shared)}" if shared else ""
                 raise DoesNotFitError(
-                    f"per-model-pools: the {len(models)} models of {self.ctx.app.name!r} need at least {need()} GPUs "
-                    f"at once (GPUs of each one's smallest engine: {engines}{halves}), and {self.ctx.cluster} has "
-                    f"{self.ctx.cluster.usable_gpus}; plan on at least {need()} GPUs or with another planner")
+                    f"per-model-pools: the {len(models)} models of {self.ctx.app.name!r} need at least {need()} "
+                    f"{many} at once ({many} of each one's smallest engine: {engines}{halves}), and "
+                    f"{self.ctx.cluster} has {self.ctx.cluster.usable_gpus}; plan on at least {need()} {many} or "
+                    "with another planner")
             shared.append(can_share[len(shared)])
         return shared
 
@@ -275,7 +279,7 @@ class PerModelPoolsPolicy:
         group = place(sorted(picked.items()), self.ctx.cluster, state.engines)
         if group is None:
             pools = ", ".join(f"{m} {o.label()}" for m, o in picked.items())
-            raise DoesNotFitError(f"per-model-pools: the pools {pools} do not fit the aligned GPU blocks of "
+            raise DoesNotFitError(f"per-model-pools: the pools {pools} do not fit the aligned blocks of "
                                   f"{self.ctx.cluster}; use another planner")
         return group
 

@@ -9,6 +9,9 @@ calibrated for: cross-node tensor parallelism is not modelled, hence not planned
 different models spread over nodes freely; what crosses nodes is priced where it costs: loading weights from
 shared storage over the network (``weight_read_extra_seconds``). Devices of a node that left the cluster mid-run
 stay in the numbering as ``lost_devices``: no engine is placed on them and they count out of ``usable_gpus``.
+
+What a person reads calls the devices by what they are: ``device_word`` says "cores" on a ``cpu`` cluster (each
+device is one core, an engine slot of the CPU engine) and "GPUs" otherwise, for every summary, plan and chart.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from samullm_lc.validated import ValidatedModel
 
 Topology = Literal["nvswitch", "nvlink-pairs", "pcie"]
 _SPEC = re.compile(r"^\s*(?:(\d+)\s*[xX×]\s*)?(\d+)\s*[xX×]\s*(\S+)\s*$")
+_HARDWARE_IN_TEXT = re.compile(r"^\s*(?:\d+\s*[xX×]\s*){1,2}([^\s(]+)")  # in a spec or in str(cluster)
 DEFAULT_NETWORK_GB_PER_S = 25.0
 """Per-node network between nodes when none is given: one 200 Gb/s InfiniBand or Ethernet link."""
 
@@ -160,10 +164,30 @@ class Cluster(ValidatedModel):
         return groups
 
     def __str__(self) -> str:
+        """The cluster's spec, with the GPUs' topology (none for CPU cores, which have no interconnect to speak of)."""
+        link = f" ({self.topology})" if self.spec.kind != "cpu" else ""
         if self.gpus_per_node is None:
-            text = f"{self.num_gpus}x{self.hardware} ({self.topology})"
+            text = f"{self.num_gpus}x{self.hardware}{link}"
         else:
-            text = f"{self.num_nodes}x{self.devices_per_node}x{self.hardware} ({self.topology})"
+            text = f"{self.num_nodes}x{self.devices_per_node}x{self.hardware}{link}"
         if self.lost_devices:
             text += f" less lost devices {list(self.lost_devices)}"
         return text
+
+
+def device_word(cluster: Cluster | str, *, plural: bool = True) -> str:
+    """What a person calls the cluster's devices: "cores" ("core") on the CPU engine, where each device is one
+    core, "GPUs" ("GPU") otherwise. ``cluster`` is a ``Cluster`` or its text as plans and reports keep it
+    (``str(cluster)``, e.g. ``2xcpu (pcie)``, or a spec such as ``2xcpu``); text that names no known hardware
+    reads as GPUs."""
+    if isinstance(cluster, Cluster):
+        kind = cluster.spec.kind
+    else:
+        match = _HARDWARE_IN_TEXT.match(cluster)
+        try:
+            kind = get_hardware(match.group(1)).kind if match else "gpu"
+        except ConfigError:
+            kind = "gpu"
+    if kind == "cpu":
+        return "cores" if plural else "core"
+    return "GPUs" if plural else "GPU"

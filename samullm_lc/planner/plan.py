@@ -5,6 +5,9 @@ GPUs, and the share of their memory when engines share GPUs). A stage ends when 
 unfinished nodes carry their progress into the next stage. Everything is a pydantic model with JSON
 round-trip, and ``Plan.describe()`` prints it for a person.
 
+The texts name the devices after the plan's cluster (``cluster.device_word``: cores on the CPU engine, GPUs
+otherwise); the field names keep ``gpus`` for every kind of device.
+
 This is the placement vocabulary the planner and the runtime share: ``ExecutionPlan.replica_devices`` splits
 a plan's devices into its replicas, ``time_sliced`` says an engine computes on a GPU beside another computing
 engine, and ``DeviceMemory`` checks that the engines on each device fit its memory.
@@ -19,6 +22,7 @@ from pathlib import Path
 from pydantic import ConfigDict, Field, model_validator
 
 from samullm_lc.errors import ConfigError
+from samullm_lc.planner.cluster import Cluster, device_word
 from samullm_lc.user_files import read_user_text
 from samullm_lc.validated import ValidatedModel
 
@@ -66,12 +70,14 @@ class ExecutionPlan(ValidatedModel):
         """GPUs the plan occupies."""
         return len(self.gpus)
 
-    def short(self) -> str:
-        """One line for a person, e.g. ``vicuna TP2x2DP on GPUs [0, 1, 2, 3]``."""
+    def short(self, cluster: Cluster | str | None = None) -> str:
+        """One line for a person, e.g. ``vicuna TP2x2DP on GPUs [0, 1, 2, 3]``; the devices are named after the
+        ``cluster``'s hardware (``cores [0]`` on a cpu cluster; GPUs without one)."""
         parallel = f"TP{self.tp}" + (f"x{self.replicas}DP" if self.replicas > 1 else "")
         share = f" @{self.memory_fraction:.0%} mem" if self.memory_fraction < 1 else ""
         sliced = " time-sliced" if self.time_sliced else ""
-        return f"{self.model} {parallel} on GPUs {list(self.gpus)}{share}{sliced}"
+        devices = device_word(cluster) if cluster is not None else "GPUs"
+        return f"{self.model} {parallel} on {devices} {list(self.gpus)}{share}{sliced}"
 
 
 class DeviceMemory:
@@ -165,5 +171,5 @@ class Plan(ValidatedModel):
                 finished = f"; finishes {', '.join(entry.finished_nodes)}" if entry.finished_nodes else ""
                 load = f" (+{entry.load_seconds:.1f} s load)" if entry.load_seconds else ""
                 serves = ", ".join(entry.nodes) or "(loads for the next stage)"
-                lines.append(f"    {serves}: {entry.plan.short()}{load}{finished}")
+                lines.append(f"    {serves}: {entry.plan.short(self.cluster)}{load}{finished}")
         return "\n".join(lines)

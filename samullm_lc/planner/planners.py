@@ -22,6 +22,7 @@ from samullm_lc.planner.baselines import (
     PerModelPoolsPolicy,
     SequentialPolicy,
 )
+from samullm_lc.planner.cluster import device_word
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.replay import ExactRun
 from samullm_lc.planner.search import ExhaustivePolicy, GreedyPolicy, SearchPolicy, rollout, sequential_floor
@@ -157,7 +158,8 @@ class ExhaustivePlanner(Planner):
         if len(ctx.models) > EXHAUSTIVE_MAX_MODELS or ctx.cluster.usable_gpus > EXHAUSTIVE_MAX_GPUS:
             raise ConfigError(
                 f"the exhaustive planner takes at most {EXHAUSTIVE_MAX_MODELS} models and {EXHAUSTIVE_MAX_GPUS} "
-                f"GPUs ({len(ctx.models)} models on {ctx.cluster} given); use the 'search' planner"
+                f"{device_word(ctx.cluster)} ({len(ctx.models)} models on {ctx.cluster} given); use the 'search' "
+                "planner"
             )
         return ExhaustivePolicy(ctx)
 

@@ -27,6 +27,7 @@ from samullm_lc.errors import SamullmError
 from samullm_lc.planner.baselines import BASELINE_POLICIES
 from samullm_lc.planner.bounds import remaining_lower_bound
 from samullm_lc.planner.candidates import all_groups, heuristic_groups, runnable_models, valid_group
+from samullm_lc.planner.cluster import device_word
 from samullm_lc.planner.context import PlanningContext
 from samullm_lc.planner.stages import Group, StageOutcome, StageState, run_stage
 
@@ -179,7 +180,8 @@ class StagePolicy:
             if not self._planned:
                 runnable = runnable_models(self.ctx, state)
                 raise SamullmError(f"no stage can run at {state.time:.1f} s (runnable models: {runnable}); "
-                                   "every runnable model needs more GPUs than the cluster has free")
+                                   f"every runnable model needs more {device_word(self.ctx.cluster)} than the "
+                                   "cluster has free")
         outcome = self._planned.pop(0)
         self._expected = set(np.flatnonzero(outcome.state.remaining <= 0.0).tolist())
         return outcome.group

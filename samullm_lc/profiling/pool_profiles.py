@@ -12,7 +12,10 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
+from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Any
 
 from samullm_lc import cache
 from samullm_lc.costmodel.profile import EngineProfile
@@ -26,6 +29,7 @@ from samullm_lc.runtime.backends.vllm_worker import (
     exit_if_reimported_main,
     pin_process,
 )
+from samullm_lc.runtime.engine_logs import announce, redirect_output
 from samullm_lc.runtime.pool import default_engine_settings
 from samullm_lc.runtime.vllm_engine import engine_settings_for
 
@@ -40,36 +44,75 @@ def default_cache_dir() -> Path:
 
 
 def pool_profiles(models: list[str], *, cache_dir: str | Path | None = None, scale: float = DEFAULT_SCALE,
-                  seed: int = 0) -> dict[str, EngineProfile]:
-    """The one-core CPU profile of each model (measured once, then read from the cache)."""
-    return {model: pool_profile(model, cache_dir=cache_dir, scale=scale, seed=seed) for model in models}
+                  seed: int = 0, log_path: Path | None = None) -> dict[str, EngineProfile]:
+    """The one-core CPU profile of each model: read from the cache, or measured there first.
 
-
-def pool_profile(model: str, *, cache_dir: str | Path | None = None, scale: float = DEFAULT_SCALE,
-                 seed: int = 0) -> EngineProfile:
-    """The profile of ``model`` on one CPU core with the pool's engine settings."""
+    The missing ones are measured side by side, one process per core of this process (a pool runs its CPU
+    engines so too, one per core, so the profiles see the same neighbours). ``log_path``: the file the
+    measuring engines write their output to (``runtime/engine_logs``); None leaves it on the terminal.
+    """
     import vllm
 
     exit_if_reimported_main()
+    paths = {model: _cached_path(model, Path(cache_dir or default_cache_dir()), scale, seed, vllm.__version__)
+             for model in dict.fromkeys(models)}
+    missing = [model for model, path in paths.items() if not path.exists()]
+    if missing:
+        announce(log_path)
+        print(f"measuring the one-core engine profile of {', '.join(missing)} (once, then cached)", file=sys.stderr,
+              flush=True)
+    _measure_side_by_side(missing, paths, scale, seed, log_path)
+    return {model: EngineProfile.load(paths[model]) for model in models}
+
+
+def pool_profile(model: str, *, cache_dir: str | Path | None = None, scale: float = DEFAULT_SCALE,
+                 seed: int = 0, log_path: Path | None = None) -> EngineProfile:
+    """The profile of ``model`` on one CPU core with the pool's engine settings (see ``pool_profiles``)."""
+    return pool_profiles([model], cache_dir=cache_dir, scale=scale, seed=seed, log_path=log_path)[model]
+
+
+def _cached_path(model: str, folder: Path, scale: float, seed: int, vllm_version: str) -> Path:
+    """Where ``model``'s profile is cached: keyed by its files, the pool's engine settings, the grid and vLLM."""
     settings = default_engine_settings(Cluster.parse("1xcpu"))(EngineSpec(engine_id=0, model=model, devices=(0,)))
     key_source = json.dumps([settings.model_dump(), _files_digest(Path(settings.model)), scale, seed,
-                             vllm.__version__, PROFILE_FORMAT], sort_keys=True, default=str)
+                             vllm_version, PROFILE_FORMAT], sort_keys=True, default=str)
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()) / f"{Path(model).name}-{key}.profile.json"
-    if path.exists():
-        return EngineProfile.load(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return folder / f"{Path(model).name}-{key}.profile.json"
+
+
+def _measure_side_by_side(models: list[str], paths: dict[str, Path], scale: float, seed: int,
+                          log_path: Path | None) -> None:
+    """Measure ``models``, each in a fresh process on a core of its own, as many at once as there are cores; the
+    largest first, so the slowest does not start last. ``ProfileError`` if one fails."""
     context = mp.get_context("spawn")
-    core = min(os.sched_getaffinity(0))
-    process = context.Process(target=_measure, args=(model, settings.model_dump(), scale, seed, str(path), core))
-    process.start()
-    process.join()
-    if process.exitcode == REIMPORTED_MAIN_EXIT_CODE:
-        raise ProfileError(f"profiling {model} failed: {REIMPORTED_MAIN_ADVICE}")
-    if process.exitcode != 0 or not path.exists():
-        raise ProfileError(f"profiling {model} on one CPU core failed (exit code {process.exitcode}); "
-                           f"run `samullm profile {model} --out FILE` to see the engine's error")
-    return EngineProfile.load(path)
+    waiting = sorted(models, key=lambda model: -engine_settings_for(model)[1].num_params)
+    free_cores = sorted(os.sched_getaffinity(0))
+    running: dict[int, tuple[Any, str, int]] = {}  # process sentinel -> (process, model, core)
+    failed: list[str] = []
+    while waiting or running:
+        while waiting and free_cores:
+            model, core = waiting.pop(0), free_cores.pop(0)
+            settings = default_engine_settings(Cluster.parse("1xcpu"))(EngineSpec(engine_id=0, model=model, devices=(0,)))
+            paths[model].parent.mkdir(parents=True, exist_ok=True)
+            process = context.Process(
+                target=_measure, name=f"samullm-profile-{Path(model).name}",
+                args=(model, settings.model_dump(), scale, seed, str(paths[model]), core,
+                      str(log_path) if log_path is not None else None),
+            )
+            process.start()
+            running[process.sentinel] = (process, model, core)
+        for sentinel in wait(list(running)):
+            process, model, core = running.pop(sentinel)
+            process.join()
+            free_cores.append(core)
+            if process.exitcode == REIMPORTED_MAIN_EXIT_CODE:
+                raise ProfileError(f"profiling {model} failed: {REIMPORTED_MAIN_ADVICE}")
+            if process.exitcode != 0 or not paths[model].exists():
+                failed.append(f"{model} (exit code {process.exitcode})")
+    if failed:
+        log = f"; their output is in {log_path}" if log_path is not None else ""
+        raise ProfileError(f"profiling {', '.join(failed)} on one CPU core failed{log}; run `samullm profile MODEL "
+                           "--out FILE` to see the engine's error")
 
 
 def _files_digest(folder: Path) -> str:
@@ -82,8 +125,9 @@ def _files_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _measure(model: str, settings: dict, scale: float, seed: int, path: str, core: int) -> None:
+def _measure(model: str, settings: dict, scale: float, seed: int, path: str, core: int, log_path: str | None) -> None:
     """In a fresh process pinned to one core: profile the engine and write the profile."""
+    redirect_output(log_path)
     pin_process(cpu_pinning([core]))
     from samullm_lc.profiling.profiler import profile_engine
     from samullm_lc.runtime.vllm_engine import EngineSettings

@@ -282,7 +282,7 @@ class Driver:
         if record.resolved:
             return
         request = record.request
-        self.recorder.done(request.model, result, self.backend.now())
+        self.recorder.done(request.model, result, self.backend.now(), from_journal=not from_engine)
         if from_engine and self.journal is not None:
             self._pending_journal.append((request.key, result))
         if self.book.complete(record, result, observe=from_engine):

@@ -38,6 +38,7 @@ from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
 from samullm_lc.runtime.driver import Driver
 from samullm_lc.runtime.driver_settings import DriverSettings
+from samullm_lc.runtime.engine_logs import announce, engine_log_path
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.planning import check_given_plan
 from samullm_lc.runtime.progress import ProgressDisplay
@@ -74,10 +75,15 @@ class EnginePool:
         max_in_flight: int = 512,
         engine_settings: Callable[[EngineSpec], EngineSettings] | None = None,
         progress: bool | None = None,
+        verbose: bool = False,
+        engine_log: str | Path | None = None,
         seed: int = 0,
         plan: Plan | None = None,
     ) -> None:
-        """``plan``: a plan made for ``app`` on ``cluster`` before the run (``plan_app``, e.g. on the traced graph
+        """Real engines write their output to ``engine_log`` (default: a new file under the logs folder, see
+        ``engine_logs``), whose path is printed once; ``verbose=True`` shows it on the terminal instead.
+
+        ``plan``: a plan made for ``app`` on ``cluster`` before the run (``plan_app``, e.g. on the traced graph
         scaled to the batch): its first stage's engines start at once, without planning at start; later stages
         are re-planned from what the run observes. ``ConfigError`` if it does not fit the app and cluster."""
         self.cluster = Cluster.parse(cluster) if isinstance(cluster, str) else cluster
@@ -91,7 +97,8 @@ class EnginePool:
         self.profiles = dict(profiles or {})
         self._check_profiles()
         self._settings_for = engine_settings
-        self.backend = self._make_backend(backend, engine_settings, seed)
+        self.engine_log: Path | None = None
+        self.backend = self._make_backend(backend, engine_settings, seed, engine_log=engine_log, verbose=verbose)
         self.journal = journal if isinstance(journal, Journal) or journal is None else Journal(journal)
         self._progress = ProgressDisplay(self.models, enabled=progress)
         self._driver = Driver(app, self.cluster, self.backend, models=self.models, profiles=self.profiles,
@@ -117,7 +124,7 @@ class EnginePool:
             )
 
     def _make_backend(self, backend: str | Backend, engine_settings: Callable[[EngineSpec], EngineSettings] | None,
-                      seed: int) -> Backend:
+                      seed: int, *, engine_log: str | Path | None, verbose: bool) -> Backend:
         if not isinstance(backend, str):
             return backend
         check_backend(backend)
@@ -128,10 +135,12 @@ class EnginePool:
         self._settings_for = engine_settings or default_engine_settings(self.cluster)
         for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
             self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
+        self.engine_log = engine_log_path(engine_log, verbose=verbose)
+        announce(self.engine_log)
         if backend == "ray":  # engines on the Ray cluster this process is connected to (else ``auto``)
             from samullm_lc.runtime.backends.ray_backend import RayBackend
 
-            return RayBackend(self._settings_for, self.cluster)
+            return RayBackend(self._settings_for, self.cluster, log_path=self.engine_log)
         # the vllm backend
         from samullm_lc.runtime.backends.vllm_backend import VllmBackend
         from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
@@ -143,7 +152,7 @@ class EnginePool:
                 f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
                 f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
             )
-        return VllmBackend(self._settings_for, device_kind=kind)
+        return VllmBackend(self._settings_for, device_kind=kind, log_path=self.engine_log)
 
     def add_model(self, model: str, profile: EngineProfile | None = None) -> None:
         """Serve one more model from now on (checked as the constructor checks its models); the driver plans

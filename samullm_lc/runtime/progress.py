@@ -1,12 +1,11 @@
-"""Live progress of a pool run on the terminal (rich): per model done/total and tokens/s, overall ETA.
+"""Live progress of a pool run on the terminal (rich): per model done/total and tokens/s; overall, the time so far
+and what the latest plan says is left.
 
 Quiet when stdout is not a terminal (CI logs, pipes) unless asked for; the run report has the same
 figures afterwards.
 """
 
 from __future__ import annotations
-
-import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -26,7 +25,6 @@ class ProgressDisplay:
         )
         self._tasks: dict[str, TaskID] = {m: self._progress.add_task(m, total=None, info="") for m in models}
         self._overall = self._progress.add_task("all", total=None, info="")
-        self._started = time.monotonic()
 
     def add_model(self, model: str) -> None:
         """A bar for a model the pool took on after it started."""
@@ -42,10 +40,11 @@ class ProgressDisplay:
             self._progress.stop()
 
     def update(self, report: RunReport) -> None:
-        """Redraw from the driver's report snapshot."""
+        """Redraw from the driver's report snapshot; rates and times are on the backend's clock (virtual on
+        ``sim``)."""
         if not self.enabled:
             return
-        elapsed = max(time.monotonic() - self._started, 1e-9)
+        elapsed = max(report.elapsed_seconds, 1e-9)
         for record in report.models:
             task = self._tasks.get(record.model)
             if task is None:
@@ -56,6 +55,5 @@ class ProgressDisplay:
         total = sum(max(r.requests_expected, r.requests_done) for r in report.models)
         done = sum(r.requests_done + r.requests_failed for r in report.models)
         last = report.replans[-1] if report.replans else None
-        eta = (f"plan ETA {max(last.at_seconds + last.estimated_remaining_seconds - report.elapsed_seconds, 0):,.0f} s"
-               if last else "")
-        self._progress.update(self._overall, completed=done, total=total or None, info=eta)
+        left = f", plan: {max(last.at_seconds + last.estimated_remaining_seconds - elapsed, 0):,.0f} s left" if last else ""
+        self._progress.update(self._overall, completed=done, total=total or None, info=f"{elapsed:,.0f} s{left}")

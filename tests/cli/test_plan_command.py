@@ -220,3 +220,38 @@ def test_compare_skips_per_model_pools_when_the_models_do_not_fit_at_once(tmp_pa
     assert "need at least 15 GPUs" in skipped["per-model-pools"]
     alone = runner.invoke(app, plan_args(path, "--planner", "per-model-pools"))
     assert alone.exit_code == 2 and "need at least 15 GPUs" in " ".join(alone.output.split())
+
+
+def test_gantt_versus_draws_the_plan_above_a_baseline(small_app, tmp_path):
+    alone, versus = tmp_path / "plan.png", tmp_path / "versus.png"
+    assert runner.invoke(app, plan_args(small_app, "--gantt", str(alone))).exit_code == 0
+    result = runner.invoke(app, plan_args(small_app, "--gantt", str(versus), "--gantt-versus", "sequential"))
+    assert result.exit_code == 0, result.output
+    assert "search plan above the sequential plan" in " ".join(result.output.split())
+    assert versus.read_bytes().startswith(b"\x89PNG") and versus.stat().st_size > alone.stat().st_size
+    with_compare = runner.invoke(app, plan_args(small_app, "--compare", "--gantt", str(versus),
+                                                "--gantt-versus", "all-at-once"))
+    assert with_compare.exit_code == 0, with_compare.output
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--gantt-versus", "nope", "--gantt", "x.png"], "unknown planner 'nope'; choose one of greedy, search"),
+    (["--gantt-versus", "sequential"], "add --gantt FILE"),
+    (["--gantt-versus", "search", "--gantt", "x.png"], "names the --planner itself"),
+])
+def test_gantt_versus_names_another_known_planner_and_comes_with_a_chart(small_app, tmp_path, monkeypatch, extra,
+                                                                         expected):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, plan_args(small_app, *extra))
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_compare_skip_reason_names_cores_on_a_cpu_cluster():
+    from samullm_lc.cli.plan_command import _too_big_for_exhaustive
+    from samullm_lc.planner.cluster import Cluster
+
+    app_graph = _router_app(4)
+    assert "cores; this is" in _too_big_for_exhaustive(app_graph, Cluster.parse("64xcpu"))
+    assert "GPUs; this is" in _too_big_for_exhaustive(app_graph, Cluster.parse("64xA100-80GB"))

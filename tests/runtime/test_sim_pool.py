@@ -206,8 +206,9 @@ def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     spans = report.actual_plan().stages
     assert spans[0].start_seconds == 0.0 and spans[-1].end_seconds >= report.seconds - 1e-6
-    text = report.summary()
+    text = report.summary(decisions=True)
     assert "Llama-2-13b-hf: 100/100 done" in text and "start ->" in text and "planned" in text
+    assert "start ->" not in report.summary()  # the short one has the count of decisions, not the list
     assert all(r.actual_stage_seconds is not None for r in report.replans)
     screen = io.StringIO()
     display = ProgressDisplay(app.models(), enabled=True, console=Console(file=screen, force_terminal=True, width=120))
@@ -215,6 +216,8 @@ def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_
     display.update(report)
     display.stop()
     assert "Llama-2-13b-hf" in screen.getvalue() and "100/100" in screen.getvalue()
+    record = next(m for m in report.models if m.model == "Llama-2-13b-hf")  # rates on the backend's (virtual) clock
+    assert f"{record.output_tokens / report.elapsed_seconds:,.0f} tok/s" in screen.getvalue()
 
 
 def test_a_node_that_leaves_mid_run_is_planned_around_and_every_request_completes_once():

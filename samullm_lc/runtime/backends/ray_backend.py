@@ -27,6 +27,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from samullm_lc.errors import ConfigError
@@ -78,7 +79,10 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, settings_for: SettingsFor, cluster: Cluster, *, address: str | None = None) -> None:
+    def __init__(self, settings_for: SettingsFor, cluster: Cluster, *, address: str | None = None,
+                 log_path: Path | None = None) -> None:
+        """``log_path``: the file each engine actor writes its output to, on its own node (``engine_logs``);
+        None: Ray's worker logs, which Ray forwards to this terminal."""
         self._ray = ray = import_ray()
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -86,6 +90,7 @@ class RayBackend:
         self._owns_connection = connect(address)
         self._cluster = cluster
         self._settings_for = settings_for
+        self._log_path = str(log_path) if log_path is not None else None
         try:
             self._node_ids = check_fits(cluster)
         except ConfigError:
@@ -116,7 +121,8 @@ class RayBackend:
             return
         settings = self._settings_for(spec).model_copy(
             update={"distributed_executor_backend": "mp" if spec.tp > 1 else "uni"})  # never vLLM's Ray executor
-        start = StartEngine(model=spec.model, settings=settings.model_dump(), pinning=self._pinning(spec))
+        start = StartEngine(model=spec.model, settings=settings.model_dump(), pinning=self._pinning(spec),
+                            log_path=self._log_path)
         host = self._reusable(spec, node)
         if host is not None:
             self._post(host, start)

@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from samullm_lc.errors import ConfigError
@@ -76,11 +77,14 @@ class VllmBackend:
 
     name = "vllm"
 
-    def __init__(self, settings_for: SettingsFor, *, device_kind: str) -> None:
+    def __init__(self, settings_for: SettingsFor, *, device_kind: str, log_path: Path | None = None) -> None:
+        """``log_path``: the file the engine processes write their output to (``engine_logs``); None: the
+        terminal."""
         if device_kind not in ("gpu", "cpu"):
             raise ConfigError(f"device kind must be 'gpu' or 'cpu', got {device_kind!r}")
         self._settings_for = settings_for
         self._device_kind = device_kind
+        self._log_path = str(log_path) if log_path is not None else None
         self._context = mp.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_IdleWorker] = []
@@ -96,7 +100,7 @@ class VllmBackend:
 
     def start_engine(self, spec: EngineSpec) -> None:
         start = StartEngine(model=spec.model, settings=self._settings_for(spec).model_dump(),
-                            pinning=self._pinning(spec))
+                            pinning=self._pinning(spec), log_path=self._log_path)
         idle = self._reusable(spec)
         if idle is not None:
             try:

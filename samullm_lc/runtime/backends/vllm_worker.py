@@ -42,6 +42,7 @@ from samullm_lc.runtime.backends.worker_messages import (
     WorkItem,
     completion_outputs,
 )
+from samullm_lc.runtime.engine_logs import redirect_output
 from samullm_lc.runtime.vllm_engine import EngineSettings, apply_offline_defaults
 
 PROBE_TOKEN_IDS = [1]
@@ -94,6 +95,7 @@ def worker_main(conn: Connection, first: StartEngine) -> None:
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    redirect_output(first.log_path)
     start, fresh = first, True
     while True:
         if not _run_engine(conn, start, fresh=fresh):

@@ -39,6 +39,7 @@ class StartEngine:
     model: str  # the model's name, for error messages
     settings: dict[str, Any]  # ``EngineSettings`` fields
     pinning: Pinning  # the new engine's devices
+    log_path: str | None = None  # the file the worker's output goes to (``engine_logs``); None: the terminal
 
 
 @dataclass(frozen=True, slots=True)
