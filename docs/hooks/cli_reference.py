@@ -28,12 +28,11 @@ def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
 def render_cli_reference() -> str:
     """Markdown for the whole ``samullm`` command: global options, each command, the exit codes."""
     import typer
-    from typer._click.core import Context  # Typer >= 0.20 carries its own click
 
     from samullm_lc.cli.main import app
 
     group = typer.main.get_command(app)
-    root = Context(group, info_name="samullm")
+    root = group.context_class(group, info_name="samullm")  # the click Context class Typer's commands use
     parts = [
         f"```text\n{group.get_usage(root)}\n```\n",
         (group.help or "").strip() + "\n",
@@ -47,9 +46,7 @@ def render_cli_reference() -> str:
 
 
 def _command(name: str, command: Any, root: Any) -> str:
-    from typer._click.core import Context
-
-    context = Context(command, info_name=name, parent=root)
+    context = command.context_class(command, info_name=name, parent=root)
     lines = [f"## samullm {name}\n", (command.help or "").strip() + "\n",
              f"```text\n{command.get_usage(context)}\n```\n", _params_table(command, context)]
     if command.epilog:

@@ -91,7 +91,7 @@ def profile(
 ) -> None:
     """Measure a real vLLM engine on a grid of batch shapes and save its fitted profile."""
     from samullm_lc.profiling.profiler import profile_engine
-    from samullm_lc.runtime.engine_logs import engine_log_path, engine_output_to
+    from samullm_lc.runtime.engine_logs import EngineLog, engine_output_to
     from samullm_lc.runtime.vllm_engine import engine_settings_for
 
     try:
@@ -100,7 +100,7 @@ def profile(
         settings, architecture = engine_settings_for(
             model, tensor_parallel_size=tp, kv_cache_memory_bytes=kv_cache_mib * 2**20, max_model_len=max_model_len
         )
-        with engine_output_to(engine_log_path(verbose=verbose)) as terminal:  # the engine runs in this process
+        with engine_output_to(EngineLog.open(verbose=verbose)) as terminal:  # the engine runs in this process
             result = profile_engine(
                 settings, architecture=architecture, hardware=hardware, scale=scale, seed=seed,
                 on_progress=lambda message: print(f"  {message}", file=terminal, flush=True),

@@ -16,11 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
-from samullm_lc.cli.run_command import cpu_profiles
+from samullm_lc.cli.run_command import VERBOSE_HELP
 from samullm_lc.errors import ConfigError, DoesNotFitError, SamullmError
 from samullm_lc.limits import CURVE_BATCHES, PLAN_SAMPLES
 from samullm_lc.planner.planners import DEFAULT_PLANNER, EXHAUSTIVE_MAX_GPUS, EXHAUSTIVE_MAX_MODELS, ExhaustivePlanner
-from samullm_lc.runtime.engine_logs import engine_log_path
 
 if TYPE_CHECKING:
     from samullm_lc.costmodel.profile import EngineProfile
@@ -130,6 +129,7 @@ def plan(
         metavar="PLANNER",
         help="With --gantt: draw the --planner plan above this planner's plan (a baseline such as sequential), "
              "two panels on one time axis, each titled with its planner and estimated seconds.")] = None,
+    verbose: Annotated[bool, typer.Option(help=VERBOSE_HELP)] = False,
 ) -> None:
     """Plan which models run together, with which parallelism, and estimate the end-to-end time."""
     try:
@@ -145,7 +145,10 @@ def plan(
         _check_versus(gantt_versus, planner, gantt)
         if gantt is not None:
             output_path(gantt, "Gantt chart", chart=True)
-        profiles = cpu_profiles(app, target, log_path=engine_log_path() if target.spec.kind == "cpu" else None)
+        from samullm_lc.profiling.pool_profiles import profiles_for
+        from samullm_lc.runtime.engine_logs import EngineLog
+
+        profiles = profiles_for(target, app.models(), engine_log=EngineLog.open(verbose=True) if verbose else None)
         if compare:
             plans, skipped = _compare(app, target, planner, seed, samples, batches, profiles)
             bound = lower_bound_seconds(app, target, seed=seed, curve_batches=batches, profiles=profiles)
@@ -155,7 +158,7 @@ def plan(
             skipped = {}
         if gantt_versus is not None and gantt_versus not in plans:
             plans[gantt_versus] = plan_app(app, target, gantt_versus, seed=seed, num_samples=samples,
-                                           curve_batches=batches)
+                                           curve_batches=batches, profiles=profiles)
     except SamullmError as error:
         fail(error)
 

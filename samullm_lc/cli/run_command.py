@@ -19,10 +19,9 @@ from rich.console import Console
 from samullm_lc.cli.outcome import ExitCode, fail, output_path, write_outputs
 from samullm_lc.errors import PoolError, SamullmError
 from samullm_lc.planner.planners import DEFAULT_PLANNER
-from samullm_lc.runtime.engine_logs import engine_log_path
+from samullm_lc.runtime.engine_logs import TERMINAL, EngineLog
 
 if TYPE_CHECKING:
-    from samullm_lc.costmodel.profile import EngineProfile
     from samullm_lc.graph.app_graph import AppGraph
     from samullm_lc.planner.cluster import Cluster
     from samullm_lc.runtime.report import RunReport
@@ -90,12 +89,13 @@ def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, jour
     Failed requests are counted in the report; a failure of the pool's driver mid-run is added to the
     report's errors (its requests were failed with the cause), so the run still ends with a report.
     """
+    from samullm_lc.profiling.pool_profiles import profiles_for
     from samullm_lc.runtime.app_runner import AppRun
     from samullm_lc.runtime.pool import EnginePool
 
     try:
-        engine_log = engine_log_path(verbose=verbose) if backend != "sim" else None
-        profiles = cpu_profiles(app, cluster, log_path=engine_log)
+        engine_log = EngineLog.open(verbose=verbose) if backend != "sim" else TERMINAL
+        profiles = profiles_for(cluster, app.models(), backend=backend, engine_log=engine_log)
         pool = EnginePool(app, cluster, backend=backend, planner=planner, profiles=profiles, journal=journal,
                           seed=seed, engine_log=engine_log, verbose=verbose)
     except SamullmError as error:
@@ -115,16 +115,6 @@ def run_app(app: AppGraph, cluster: Cluster, *, backend: str, planner: str, jour
             result.errors.append(str(error))
         return result
     return pool.report()
-
-
-def cpu_profiles(app: AppGraph, cluster: Cluster, *, log_path: Path | None) -> dict[str, EngineProfile] | None:
-    """On a ``cpu`` cluster, each model's one-core engine profile (measured here once, then cached): the CPU
-    engine's speed is measured, not modelled. None on GPUs."""
-    if cluster.spec.kind != "cpu":
-        return None
-    from samullm_lc.profiling.pool_profiles import pool_profiles
-
-    return pool_profiles(app.models(), log_path=log_path)
 
 
 def finish_run(result: RunReport, outputs: dict[str, Path], *, as_json: bool) -> ExitCode:

@@ -38,7 +38,7 @@ from samullm_lc.planner.cluster import Cluster
 from samullm_lc.planner.plan import Plan
 from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.ray_nodes import RAY_SCHEME
-from samullm_lc.runtime.engine_logs import engine_log_path
+from samullm_lc.runtime.engine_logs import TERMINAL, EngineLog
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.pool import EnginePool, check_backend, check_models
 from samullm_lc.runtime.report import RunReport
@@ -135,7 +135,7 @@ class OfflineSession:
         self._pool_options = {"journal": None, "backend": backend, "planner": planner, "progress": progress,
                               "seed": seed}
         self._profiles = dict(profiles or {})
-        self._log_option, self._log_path = (engine_log, verbose), None
+        self._log_option, self._log = (engine_log, verbose), None
         if isinstance(trace, bool) or not isinstance(trace, int) or trace < 1:
             if not isinstance(trace, bool):
                 raise ConfigError(f"trace must be True, False or a number of inputs to trace (>= 1), got {trace!r}")
@@ -370,8 +370,7 @@ class OfflineSession:
             if self.pool is None:
                 plan = {"plan": self.plan} if self.plan is not None else {}
                 pool = EnginePool(self.graph, self.cluster, models=models, profiles={**self._profiles, **profiles},
-                                  engine_log=self._engine_log(), verbose=self._log_option[1], **plan,
-                                  **self._pool_options)
+                                  engine_log=self._engine_log(), **plan, **self._pool_options)
                 self.pool = pool.start()
             else:
                 for model in missing:
@@ -389,18 +388,17 @@ class OfflineSession:
 
     def _measured_profiles(self, models: list[str]) -> dict[str, Any]:
         """On the CPU engine the planner needs each model's measured speed: measured once, then cached."""
-        if self.cluster.spec.kind != "cpu" or self.backend == "sim":
-            return {}
-        from samullm_lc.profiling.pool_profiles import pool_profiles
+        from samullm_lc.profiling.pool_profiles import profiles_for
 
-        return pool_profiles([m for m in models if m not in self._profiles], log_path=self._engine_log()) if models else {}
+        return profiles_for(self.cluster, [m for m in models if m not in self._profiles], backend=self.backend,
+                            engine_log=self._engine_log())
 
-    def _engine_log(self) -> Path | None:
-        """The block's engine log, created at its first engine or profile; None: the terminal (or no engines)."""
-        engine_log, verbose = self._log_option
-        if self._log_path is None and not verbose and self.backend != "sim":
-            self._log_path = engine_log_path(engine_log)
-        return self._log_path
+    def _engine_log(self) -> EngineLog:
+        """The block's engine log, opened (its path printed) at its first engine or profile."""
+        if self._log is None:
+            engine_log, verbose = self._log_option
+            self._log = TERMINAL if self.backend == "sim" else EngineLog.open(engine_log, verbose=verbose)
+        return self._log
 
 
 def _nodes_by_site(graph: AppGraph | None) -> dict[str, str]:

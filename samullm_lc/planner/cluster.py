@@ -17,7 +17,7 @@ device is one core, an engine slot of the CPU engine) and "GPUs" otherwise, for 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -29,7 +29,8 @@ from samullm_lc.validated import ValidatedModel
 
 Topology = Literal["nvswitch", "nvlink-pairs", "pcie"]
 _SPEC = re.compile(r"^\s*(?:(\d+)\s*[xX×]\s*)?(\d+)\s*[xX×]\s*(\S+)\s*$")
-_HARDWARE_IN_TEXT = re.compile(r"^\s*(?:\d+\s*[xX×]\s*){1,2}([^\s(]+)")  # in a spec or in str(cluster)
+_TEXT = re.compile(r"^\s*(?P<spec>[^\s(]+)\s*(?:\((?P<topology>[^)]*)\))?\s*(?:less lost devices \[(?P<lost>[\d,\s]*)\])?\s*$")
+"""``str(cluster)``: the spec, the topology in brackets (GPUs; older texts have it for CPU cores too), lost devices."""
 DEFAULT_NETWORK_GB_PER_S = 25.0
 """Per-node network between nodes when none is given: one 200 Gb/s InfiniBand or Ethernet link."""
 
@@ -92,6 +93,21 @@ class Cluster(ValidatedModel):
                        topology=topology or default)
         except ConfigError as exc:
             raise ConfigError(f"cluster {spec!r}: {exc}") from None
+
+    @classmethod
+    def from_text(cls, text: str) -> Cluster:
+        """The cluster ``str(cluster)`` wrote, as plans and reports keep it (``8xA100-80GB (nvswitch)``, ``2xcpu``,
+        ``... less lost devices [4, 5]``); the network and storage speeds are not in the text and take their
+        defaults. ``ConfigError`` if the text is not such."""
+        match = _TEXT.match(text)
+        if not match:
+            raise ConfigError(f"{text!r} is not a cluster as samullm_lc writes it, e.g. '8xA100-80GB (nvswitch)'")
+        topology = match["topology"]
+        if topology is not None and topology not in get_args(Topology):
+            raise ConfigError(f"{text!r} names topology {topology!r}; one of {', '.join(get_args(Topology))}")
+        cluster = cls.parse(match["spec"], topology)  # type: ignore[arg-type]
+        lost = [int(device) for device in (match["lost"] or "").replace(",", " ").split()]
+        return cluster.without(lost) if lost else cluster
 
     @property
     def spec(self) -> Hardware:
@@ -180,14 +196,10 @@ def device_word(cluster: Cluster | str, *, plural: bool = True) -> str:
     core, "GPUs" ("GPU") otherwise. ``cluster`` is a ``Cluster`` or its text as plans and reports keep it
     (``str(cluster)``, e.g. ``2xcpu (pcie)``, or a spec such as ``2xcpu``); text that names no known hardware
     reads as GPUs."""
-    if isinstance(cluster, Cluster):
-        kind = cluster.spec.kind
-    else:
-        match = _HARDWARE_IN_TEXT.match(cluster)
-        try:
-            kind = get_hardware(match.group(1)).kind if match else "gpu"
-        except ConfigError:
-            kind = "gpu"
+    try:
+        kind = (cluster if isinstance(cluster, Cluster) else Cluster.from_text(cluster)).spec.kind
+    except ConfigError:
+        kind = "gpu"
     if kind == "cpu":
         return "cores" if plural else "core"
     return "GPUs" if plural else "GPU"

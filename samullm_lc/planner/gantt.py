@@ -14,7 +14,6 @@ matplotlib's Agg canvas directly, so no global backend is touched and no display
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.transforms import TransformedBbox
 
 from samullm_lc.errors import ConfigError
-from samullm_lc.planner.cluster import device_word
+from samullm_lc.planner.cluster import Cluster, device_word
 from samullm_lc.planner.plan import ExecutionPlan, Plan
 from samullm_lc.user_files import write_private
 
@@ -40,8 +39,10 @@ STAGE_LABEL_MIN_FRACTION = 0.025  # stages narrower than this share of the makes
 def _num_gpus(plan: Plan) -> int:
     """Device rows to draw: the cluster's count when its name starts with one, else the highest device used + 1."""
     used = max((gpu for stage in plan.stages for entry in stage.entries for gpu in entry.plan.gpus), default=-1) + 1
-    match = re.match(r"\s*(\d+)\s*[xX×]\s*(?:(\d+)\s*[xX×])?", plan.cluster)  # COUNTx or NODESxPER_NODEx
-    counted = int(match.group(1)) * int(match.group(2) or 1) if match else 0
+    try:
+        counted = Cluster.from_text(plan.cluster).num_gpus
+    except ConfigError:  # a name that is no cluster text
+        counted = 0
     return max(used, counted, 1)
 
 

@@ -37,7 +37,7 @@ def check_given_plan(plan: Plan, app: AppGraph | None, cluster: Cluster) -> None
         raise ConfigError(f"plan must be a samullm_lc Plan (from plan_app), got {type(plan).__name__}")
     if app is None:
         raise ConfigError(f"a plan needs the app graph it was made for: give EnginePool the app of plan {plan.app!r}")
-    if plan.cluster != str(cluster):
+    if plan.cluster != str(cluster) and not _same_cluster(plan.cluster, cluster):
         raise ConfigError(f"plan {plan.app!r} was made for cluster {plan.cluster}, the pool runs on {cluster}; "
                           f"{PLAN_FIX}")
     entries = [entry for stage in plan.stages for entry in stage.entries]
@@ -94,3 +94,11 @@ def run_state(app: AppGraph, book: RequestBook, engines: EngineSet, profiles: Ma
 
 
 __all__ = ["check_given_plan", "plan_rest", "run_state"]
+
+
+def _same_cluster(text: str, cluster: Cluster) -> bool:
+    """Whether a plan's cluster text names ``cluster`` (texts of older versions included, e.g. ``2xcpu (pcie)``)."""
+    try:
+        return str(Cluster.from_text(text)) == str(cluster)
+    except ConfigError:
+        return False

@@ -38,7 +38,7 @@ from samullm_lc.planner.planners import DEFAULT_PLANNER
 from samullm_lc.runtime.backends.base import Backend, EngineSpec
 from samullm_lc.runtime.driver import Driver
 from samullm_lc.runtime.driver_settings import DriverSettings
-from samullm_lc.runtime.engine_logs import announce, engine_log_path
+from samullm_lc.runtime.engine_logs import TERMINAL, EngineLog
 from samullm_lc.runtime.journal import Journal
 from samullm_lc.runtime.planning import check_given_plan
 from samullm_lc.runtime.progress import ProgressDisplay
@@ -76,12 +76,13 @@ class EnginePool:
         engine_settings: Callable[[EngineSpec], EngineSettings] | None = None,
         progress: bool | None = None,
         verbose: bool = False,
-        engine_log: str | Path | None = None,
+        engine_log: str | Path | EngineLog | None = None,
         seed: int = 0,
         plan: Plan | None = None,
     ) -> None:
-        """Real engines write their output to ``engine_log`` (default: a new file under the logs folder, see
-        ``engine_logs``), whose path is printed once; ``verbose=True`` shows it on the terminal instead.
+        """Real engines write their output to ``engine_log`` (a file, or a run's ``EngineLog`` already open;
+        default: a new file under the logs folder, see ``engine_logs``), whose path is printed once;
+        ``verbose=True`` shows it on the terminal instead.
 
         ``plan``: a plan made for ``app`` on ``cluster`` before the run (``plan_app``, e.g. on the traced graph
         scaled to the batch): its first stage's engines start at once, without planning at start; later stages
@@ -97,7 +98,7 @@ class EnginePool:
         self.profiles = dict(profiles or {})
         self._check_profiles()
         self._settings_for = engine_settings
-        self.engine_log: Path | None = None
+        self.engine_log = TERMINAL
         self.backend = self._make_backend(backend, engine_settings, seed, engine_log=engine_log, verbose=verbose)
         self.journal = journal if isinstance(journal, Journal) or journal is None else Journal(journal)
         self._progress = ProgressDisplay(self.models, enabled=progress)
@@ -124,7 +125,7 @@ class EnginePool:
             )
 
     def _make_backend(self, backend: str | Backend, engine_settings: Callable[[EngineSpec], EngineSettings] | None,
-                      seed: int, *, engine_log: str | Path | None, verbose: bool) -> Backend:
+                      seed: int, *, engine_log: str | Path | EngineLog | None, verbose: bool) -> Backend:
         if not isinstance(backend, str):
             return backend
         check_backend(backend)
@@ -135,12 +136,12 @@ class EnginePool:
         self._settings_for = engine_settings or default_engine_settings(self.cluster)
         for model in self.models:  # an unknown model or one not on this machine fails now, not mid-run
             self._settings_for(EngineSpec(engine_id=-1, model=model, devices=(0,)))
-        self.engine_log = engine_log_path(engine_log, verbose=verbose)
-        announce(self.engine_log)
+        self.engine_log = (engine_log if isinstance(engine_log, EngineLog)
+                           else EngineLog.open(engine_log, verbose=verbose))
         if backend == "ray":  # engines on the Ray cluster this process is connected to (else ``auto``)
             from samullm_lc.runtime.backends.ray_backend import RayBackend
 
-            return RayBackend(self._settings_for, self.cluster, log_path=self.engine_log)
+            return RayBackend(self._settings_for, self.cluster, log_path=self.engine_log.path)
         # the vllm backend
         from samullm_lc.runtime.backends.vllm_backend import VllmBackend
         from samullm_lc.runtime.backends.vllm_worker import exit_if_reimported_main
@@ -152,7 +153,7 @@ class EnginePool:
                 f"cluster {self.cluster.num_gpus}xcpu has more engine slots than this machine's "
                 f"{len(os.sched_getaffinity(0))} cores; use at most one slot per core"
             )
-        return VllmBackend(self._settings_for, device_kind=kind, log_path=self.engine_log)
+        return VllmBackend(self._settings_for, device_kind=kind, log_path=self.engine_log.path)
 
     def add_model(self, model: str, profile: EngineProfile | None = None) -> None:
         """Serve one more model from now on (checked as the constructor checks its models); the driver plans

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from samullm_lc.planner.gantt import DEFAULT_CHART_FORMAT, chart_format, gantt_image, model_colours
+from samullm_lc.planner.gantt import DEFAULT_CHART_FORMAT, chart_format, gantt_image, model_colours, panel_title
 from samullm_lc.planner.plan import Plan
 from samullm_lc.user_files import write_private
 
@@ -45,8 +45,7 @@ def _panels(report: RunReport) -> tuple[list[Plan], list[str]]:
     planned = planned_from_start(report)
     if planned is not None:
         plans.append(planned)
-        titles.append(f"initial plan [{planned.planner}]: {planned.estimated_seconds:.1f} s estimated, "
-                      f"{len(planned.stages)} stages")
+        titles.append(f"initial plan, {panel_title(planned)}")
     plans.append(report.actual_plan())
     titles.append(report.actual_title())
     return plans, titles

@@ -110,3 +110,12 @@ def test_help_says_where_the_files_go():
     text = " ".join(runner.invoke(app, ["report", "--help"]).output.replace("│", " ").split())
     assert "RUN.json" in text and "-report/ beside the report" in text and "report.html" in text
     assert "Exit codes: 0" in text
+
+
+def test_a_report_written_before_the_time_series_and_the_device_words_still_draws(tmp_path):
+    """docs/results/runtime-real-report.json was saved by an earlier version (no tokens over time, "2xcpu (pcie)")."""
+    old = Path(__file__).resolve().parents[2] / "docs" / "results" / "runtime-real-report.json"
+    result = runner.invoke(app, ["report", str(old), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("gantt.png", "throughput.png", "report.html"))
+    assert "cores" in (tmp_path / "report.html").read_text()

@@ -26,3 +26,16 @@ def test_direct_construction_and_json_validate_through_config_error():
     with pytest.raises(ConfigError, match="invalid Cluster: num_gpus"):
         Cluster.model_validate_json('{"hardware": "A100-80GB", "num_gpus": "many"}')
     assert Cluster.parse("1024xA100-80GB").num_gpus == 1024
+
+
+@pytest.mark.parametrize("text", ["8xA100-80GB (nvswitch)", "2x8xA100-80GB (nvswitch)", "2xcpu", "2xcpu (pcie)",
+                                  "4xA100-80GB (pcie) less lost devices [2, 3]"])
+def test_the_text_of_a_cluster_reads_back_as_that_cluster(text):
+    cluster = Cluster.from_text(text)
+    assert str(cluster) == text.replace("cpu (pcie)", "cpu")  # older texts named a topology for CPU cores too
+    assert Cluster.from_text(str(cluster)) == cluster
+
+
+def test_text_that_is_no_cluster_is_refused():
+    with pytest.raises(ConfigError, match="not a cluster as samullm_lc writes it"):
+        Cluster.from_text("actual run")

@@ -8,9 +8,10 @@ from samullm_lc.costmodel.architecture import resolve_architecture
 from samullm_lc.costmodel.latency.linear import FitQuality, LinearLatencyModel
 from samullm_lc.costmodel.profile import EngineProfile
 from samullm_lc.costmodel.scheduler_config import SchedulerConfig
-from samullm_lc.errors import ProfileError
+from samullm_lc.errors import ConfigError, ProfileError
 from samullm_lc.planner import Cluster, RunState, evaluate_plan, plan_app, replan
 from samullm_lc.planner.options import EngineOption, build_model_options
+from samullm_lc.runtime.planning import check_given_plan
 from tests.planner.conftest import make_app
 
 
@@ -35,6 +36,10 @@ def test_plans_on_cpu_slots_with_profiles():
     plan = plan_app(app, cluster, profiles=profiles)
     assert all(e.plan.tp == 1 and e.plan.memory_fraction == 1.0 for s in plan.stages for e in s.entries)
     assert evaluate_plan(app, cluster, plan, profiles=profiles) == pytest.approx(plan.estimated_seconds)
+    assert plan.cluster == "2xcpu"  # CPU cores have no topology to name
+    check_given_plan(plan.model_copy(update={"cluster": "2xcpu (pcie)"}), app, cluster)  # a plan file of before
+    with pytest.raises(ConfigError, match="was made for cluster 4xcpu"):
+        check_given_plan(plan.model_copy(update={"cluster": "4xcpu"}), app, cluster)
 
 
 def test_cpu_without_profile_asks_for_one():

@@ -2,6 +2,7 @@
 measured, a self-contained HTML page, and reports of older versions that still load."""
 
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def test_the_actual_run_is_titled_as_measured_and_drawn_on_cores():
     assert report.actual_title() == "actual run on 2xcpu (pcie) [search]: 9.6 s measured (estimated 9.5 s)"
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         svg = _svg(plan_vs_actual_image(report, "svg"))
-    assert "9.6 s measured" in svg and "initial plan [search]: 9.5 s estimated, 2 stages" in svg
+    assert "9.6 s measured" in svg and "initial plan, search: 9.5 s estimated, 2 stages" in svg
     assert ">core 0<" in svg and ">GPU" not in svg
 
 
@@ -100,7 +101,8 @@ def test_the_html_page_is_self_contained_and_says_what_happened(tmp_path: Path):
     assert "requests failed" in page and "output tokens/s" in page
     assert "tiny-&lt;mistral&gt;&amp;" in page and "<mistral>" not in page  # every run text escaped
     assert "a &lt;b&gt;bold&lt;/b&gt; error" in page
-    assert "<th>cores</th>" in page and "GPU" not in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # base64 may spell anything
+    assert "<th>cores</th>" in text and "GPU" not in text
     assert f"{S} finished" in page and "nothing to run" in page  # the planning decisions
 
 

@@ -13,15 +13,9 @@ from samullm_lc.graph.paper_apps import chain_summary_app
 from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.requests import GenerationResult
+from tests.runtime.apps import ensemble_app
 
 TOKENS = np.arange(100, 200)
-
-
-def _ensemble(n: int, members: list[str], fuser: str) -> AppGraph:
-    rng = np.random.default_rng(1)
-    nodes = [LLMNode(name=m, model=m, input_tokens=rng.integers(50, 400, n).tolist(), max_tokens=256) for m in members]
-    nodes.append(LLMNode(name="fuse", model=fuser, input_tokens=[64] * n, max_tokens=128, depends_on=members))
-    return AppGraph(name="ensemble", nodes=nodes)
 
 
 def _device_overlaps(report) -> list[tuple]:
@@ -39,7 +33,7 @@ def _device_overlaps(report) -> list[tuple]:
 
 
 def test_two_level_app_on_8_gpus_answers_every_request_once_and_replans_as_models_finish():
-    app = _ensemble(300, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
+    app = ensemble_app(300, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
     with EnginePool(app, "8xA100-80GB", backend="sim", progress=False) as pool:
         outcomes = AppRun(pool, app, token_ids=TOKENS).start().wait(120)
         assert pool.join(60)
@@ -59,7 +53,7 @@ def test_two_level_app_on_8_gpus_answers_every_request_once_and_replans_as_model
 
 def test_64_simulated_gpus_run_a_wide_app():
     members = ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf", "vicuna-13b-v1.5", "mpt-7b-chat"]
-    app = _ensemble(400, members, "Llama-2-70b-hf")
+    app = ensemble_app(400, members, "Llama-2-70b-hf")
     with EnginePool(app, "64xA100-80GB", backend="sim", progress=False) as pool:
         AppRun(pool, app, token_ids=TOKENS).start().wait(120)
         pool.join(60)
@@ -196,7 +190,7 @@ def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_
     from samullm_lc.runtime.progress import ProgressDisplay
     from samullm_lc.runtime.report import RunReport
 
-    app = _ensemble(100, ["Llama-2-7b-hf", "Llama-2-13b-hf"], "Llama-2-7b-hf")
+    app = ensemble_app(100, ["Llama-2-7b-hf", "Llama-2-13b-hf"], "Llama-2-7b-hf")
     with EnginePool(app, "4xA100-80GB", backend="sim", progress=False) as pool:
         AppRun(pool, app, token_ids=TOKENS).start().wait(60)
     report = pool.report()
@@ -221,7 +215,7 @@ def test_the_run_report_round_trips_draws_the_actual_run_and_shows_progress(tmp_
 
 
 def test_a_node_that_leaves_mid_run_is_planned_around_and_every_request_completes_once():
-    app = _ensemble(600, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
+    app = ensemble_app(600, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2", "Llama-2-13b-hf"], "Llama-2-70b-hf")
     with EnginePool(app, "2x4xA100-80GB", backend="sim", progress=False) as pool:
         pool.backend.lose_node_at(30.0, node=1)
         outcomes = AppRun(pool, app, token_ids=TOKENS).start().wait(120)

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from samullm_lc.graph.app_graph import AppGraph, LLMNode
 from samullm_lc.runtime.app_runner import AppRun
 from samullm_lc.runtime.pool import EnginePool
 from samullm_lc.runtime.throughput import INITIAL_BIN_SECONDS, MAX_BINS, TokenTimeline
+from tests.runtime.apps import ensemble_app
 
 
 def test_tokens_land_in_the_bin_of_their_finish_time():
@@ -48,18 +48,8 @@ def test_coarsened_copies_line_up_on_one_width():
     assert (a.total_tokens, b.total_tokens) == (2, 200) and short.bin_seconds == INITIAL_BIN_SECONDS
 
 
-def _ensemble(n: int) -> AppGraph:
-    rng = np.random.default_rng(1)
-    members = ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2"]
-    nodes = [LLMNode(name=m, model=m, input_tokens=rng.integers(50, 400, n).tolist(), max_tokens=256)
-             for m in members]
-    nodes.append(LLMNode(name="fuse", model="Llama-2-13b-hf", input_tokens=[64] * n, max_tokens=128,
-                         depends_on=members))
-    return AppGraph(name="ensemble", nodes=nodes)
-
-
 def test_a_pool_run_fills_each_models_series_with_its_output_tokens():
-    app = _ensemble(200)
+    app = ensemble_app(200, ["Llama-2-7b-hf", "Mistral-7B-Instruct-v0.2"], "Llama-2-13b-hf")
     with EnginePool(app, "4xA100-80GB", backend="sim", progress=False) as pool:
         AppRun(pool, app, token_ids=np.arange(100, 200)).start().wait(120)
         assert pool.join(60)
