@@ -112,11 +112,12 @@ def run_example(
     args = parser(description).parse_args(argv)
     models = choose_models(args, tiny, gpu)
     inputs = make_inputs(args.n, seed=args.seed)
+    name = Path(inspect.getfile(build)).stem
     if args.trace_only:
-        graph = trace(build(), inputs, models, name=Path(inspect.getfile(build)).stem)
+        graph = trace(build(), inputs, models, name=name)
         print(graph.describe())
         return None
-    print(f"{Path(inspect.getfile(build)).stem}: {args.n} inputs through samullm.offline(), "
+    print(f"{name}: {args.n} inputs through samullm.offline(), "
           f"{len(models)} client models served by {len(set(models.values()))} {'GPU' if args.gpu else 'tiny'} models")
     engine_log = args.report.with_suffix(".log") if args.report else None
     results, report = run(build(), inputs, models, verbose=args.verbose, engine_log=engine_log)

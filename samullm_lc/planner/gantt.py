@@ -171,7 +171,11 @@ def gantt_image(plans: Sequence[Plan], titles: Sequence[str], image_format: str 
     if heading:
         figure.suptitle(heading, fontsize=11)
     figure.tight_layout()
+    return figure_bytes(figure, image_format)
 
+
+def figure_bytes(figure: Figure, image_format: str) -> bytes:
+    """A drawn figure as image bytes of ``image_format`` (for a file or an HTML page)."""
     image = io.BytesIO()
     figure.savefig(image, format=image_format)
     return image.getvalue()

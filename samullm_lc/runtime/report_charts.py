@@ -9,14 +9,20 @@ could have followed them. Each chart is also available as image bytes, for the s
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from samullm_lc.planner.gantt import DEFAULT_CHART_FORMAT, chart_format, gantt_image, model_colours, panel_title
+from samullm_lc.planner.gantt import (
+    DEFAULT_CHART_FORMAT,
+    chart_format,
+    figure_bytes,
+    gantt_image,
+    model_colours,
+    panel_title,
+)
 from samullm_lc.planner.plan import Plan
 from samullm_lc.user_files import write_private
 
@@ -115,19 +121,13 @@ def throughput_image(report: RunReport, image_format: str = DEFAULT_CHART_FORMAT
     shown = next(iter(series.values())).bin_seconds if series else widest
     axes.set_title(f"output tokens per second, per model (bins of {shown:.3g} s)", fontsize=10)
     figure.tight_layout()
-    return _image_bytes(figure, image_format)
+    return figure_bytes(figure, image_format)
 
 
 def draw_throughput(report: RunReport, path: str | Path) -> Path:
     """Draw each model's output tokens per second over the run into ``path`` (mode 0600)."""
     path = Path(path)
     return write_private(path, throughput_image(report, chart_format(path)))
-
-
-def _image_bytes(figure: Figure, image_format: str) -> bytes:
-    image = io.BytesIO()
-    figure.savefig(image, format=image_format)
-    return image.getvalue()
 
 
 __all__ = ["chart_models", "draw_plan_vs_actual", "draw_throughput", "plan_vs_actual_image", "planned_from_start",
